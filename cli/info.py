@@ -1,0 +1,91 @@
+"""`spectra info`: what a run file holds, as a dict and as text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from spectra.store import load
+
+
+def summary(path: str) -> dict[str, Any]:
+    """JSON-ready summary of a run file."""
+    run = load(path)
+    a = run.attrs
+    t, tau = run["t"], run["tau"]
+    done = run["done"]
+    sv = run["singular_values"]
+    n, nt, k = sv.shape
+    first = sv[:, 0][done[:, 0]]
+    last = sv[:, -1][done[:, -1]]
+    return {
+        "path": str(path),
+        "format_version": a["format_version"],
+        "spectra_version": a.get("spectra_version"),
+        "created": a.get("created"),
+        "complete": bool(a.get("complete")),
+        "done": int(done.sum()),
+        "total": int(done.size),
+        "model": a.get("model"),
+        "schedule": json.loads(a.get("schedule") or "{}"),
+        "parameterization": a.get("parameterization"),
+        "target": a.get("target"),
+        "method": a.get("method"),
+        "method_used": a.get("method_used"),
+        "at": a.get("at"),
+        "dtype": a.get("dtype"),
+        "device": a.get("device"),
+        "seed": a.get("seed"),
+        "n_anchors": n,
+        "n_times": nt,
+        "k": k,
+        "sample_shape": list(run["x0"].shape[1:]),
+        "t_range": [float(t.min()), float(t.max())],
+        "tau_range": [float(tau.min()), float(tau.max())],
+        "seconds_total": float(np.nansum(run["seconds"])),
+        "max_asymmetry": _nanmax(run["asymmetry"]),
+        "first_time_sv_range": _range(first),
+        "last_time_sv_range": _range(last),
+        "theory": any(name.startswith("theory/") for name in run.arrays),
+    }
+
+
+def _nanmax(a: np.ndarray) -> float | None:
+    return None if np.all(np.isnan(a)) else float(np.nanmax(a))
+
+
+def _range(values: np.ndarray) -> list[float] | None:
+    if values.size == 0 or np.all(np.isnan(values)):
+        return None
+    return [float(np.nanmin(values)), float(np.nanmax(values))]
+
+
+def describe(info: dict[str, Any]) -> str:
+    """Human-readable lines."""
+    sched = info["schedule"]
+    consts = ", ".join(f"{k}={v:g}" for k, v in sched.items() if k != "name")
+    status = "complete" if info["complete"] else f"incomplete ({info['done']}/{info['total']})"
+    shape = "x".join(str(s) for s in info["sample_shape"])
+    lines = [
+        f"{info['path']}: spectra trajectory v{info['format_version']}, {status}",
+        f"  model       {info['model']}",
+        f"  schedule    {sched.get('name')}" + (f" ({consts})" if consts else ""),
+        f"  target      {info['target']} (model predicts {info['parameterization']})",
+        f"  method      {info['method']} -> ran {info['method_used']}, {info['dtype']} on "
+        f"{info['device']}, at {info['at']}, seed {info['seed']}",
+        f"  grid        {info['n_anchors']} anchors of shape {shape} x {info['n_times']} times, "
+        f"t in [{info['t_range'][0]:g}, {info['t_range'][1]:g}], "
+        f"tau in [{info['tau_range'][0]:.3g}, {info['tau_range'][1]:.3g}]",
+        f"  values      K = {info['k']} per Jacobian; {info['seconds_total']:.2f} s in all",
+    ]
+    for label, key in (("smallest t", "first_time_sv_range"), ("largest t", "last_time_sv_range")):
+        rng = info[key]
+        if rng is not None:
+            lines.append(f"  {label:<11} singular values in [{rng[0]:.4g}, {rng[1]:.4g}]")
+    if info["max_asymmetry"] is not None:
+        lines.append(f"  asymmetry   max ||J - J^T||_F / ||J||_F = {info['max_asymmetry']:.2e}")
+    if info["theory"]:
+        lines.append("  theory      predictions stored (compare-theory)")
+    return "\n".join(lines)

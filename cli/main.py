@@ -1,0 +1,128 @@
+"""The `spectra` command line: parses options, calls the library, prints.
+
+Every user error (SpectraError, or a click usage error) ends as one line on stderr,
+`error: ...`, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from spectra.errors import SpectraError
+from spectra.estimate import EstimateOptions, estimate
+from spectra.jacobian.methods import METHODS
+from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
+from spectra.schedules import SCHEDULE_NAMES
+from spectra_cli.info import describe, summary
+
+
+class SpectraGroup(click.Group):
+    """A click group whose errors are one line and exit status 2, without a traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2)
+        except SpectraError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _float_list(ctx, param, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _shape(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise click.BadParameter(f"dimensions must be positive, got {value!r}")
+    return shape
+
+
+@click.group(cls=SpectraGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="spectra")
+def cli() -> None:
+    """Jacobian spectra of diffusion models across diffusion time."""
+
+
+@cli.command("estimate")
+@click.option("--model", default=None, help="Model spec (.toml, file.py:factory, "
+              "package.module:factory); omitted: the shipped demo model.")
+@click.option("--data", default=None, help="Anchors: omitted (the model's own data), an array "
+              "file (.npy/.npz/.h5 of shape (N, *shape)) or 'noise'.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file (HDF5).")
+@click.option("--n-samples", type=int, default=None,
+              help="Number of anchors [default: 8, or fewer if a data file holds fewer].")
+@click.option("--times", callback=_float_list, default=None, help="Comma-separated times.")
+@click.option("--n-times", type=int, default=20, show_default=True,
+              help="Log-spaced grid size.")
+@click.option("--t-min", type=float, default=None, help="Grid start [default: schedule's].")
+@click.option("--t-max", type=float, default=None, help="Grid end [default: schedule's].")
+@click.option("--target", type=click.Choice(TARGETS), default="score", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
+@click.option("--k", type=int, default=None, help="Values kept per Jacobian [default: all D].")
+@click.option("--at", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
+              help="Evaluate at alpha x0 (clean) or alpha x0 + sigma eps (noisy).")
+@click.option("--step", default="auto", show_default=True,
+              help="Finite-difference step: auto, sigma or a number.")
+@click.option("--directions", type=click.Choice(["basis", "haar"]), default="basis",
+              show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
+              show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", type=int, default=None,
+              help="(anchor, direction) pairs per chunk [default: from the model size].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-points", is_flag=True, help="Store the exact evaluation points.")
+@click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default=None,
+              help="Schedule of a bare module returned by a factory.")
+@click.option("--parameterization", type=click.Choice(PARAMETERIZATIONS), default=None,
+              help="What a bare module predicts.")
+@click.option("--shape", callback=_shape, default=None,
+              help="Sample shape C,H,W for models that cannot tell it.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+    """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file."""
+    opts = EstimateOptions(**options)
+    command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = estimate(out, opts, resume=resume, overwrite=overwrite, progress=not quiet,
+                    command=command)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("info")
+@click.argument("run", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def info_cmd(run: str, as_json: bool) -> None:
+    """Summary of a run file."""
+    info = summary(run)
+    click.echo(json.dumps(info, indent=2) if as_json else describe(info))
+
+
+def main() -> None:
+    cli()

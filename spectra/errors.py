@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+The CLI turns a `SpectraError` into a single line on stderr and exit status 2; Python users catch
+it like any ValueError.
+"""
+
+
+class SpectraError(ValueError):
+    """Bad input: a missing file, a malformed spec, a value out of range, a model that misbehaves."""

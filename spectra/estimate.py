@@ -1,0 +1,325 @@
+"""anchors x times -> engine -> store: the body of `spectra estimate`.
+
+Reproducibility: every random draw is keyed by (seed, purpose, anchor[, time]) with numpy's
+SeedSequence, and anchors are processed in a fixed chunk layout, so a run resumed after a crash
+produces the same values as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import spectra
+from spectra import store
+from spectra.arrays import load_array
+from spectra.errors import SpectraError
+from spectra.jacobian.methods import METHODS, haar_directions, probe_method, spectra_at
+from spectra.models.base import ScoreModel
+from spectra.models.parameterization import TARGETS
+from spectra.models.specs import load_model
+from spectra.schedules import Schedule
+
+_SEED_ANCHORS, _SEED_NOISE, _SEED_DIRECTIONS = 0, 1, 2
+DEFAULT_N_SAMPLES = 8
+DEFAULT_N_TIMES = 20
+_BATCH_BUDGET_BYTES = 2**28
+
+
+@dataclass
+class EstimateOptions:
+    """Everything that determines a run's values (stored in the file as `options`)."""
+
+    model: str | None = None
+    data: str | None = None
+    n_samples: int | None = None
+    times: list[float] | None = None
+    n_times: int = DEFAULT_N_TIMES
+    t_min: float | None = None
+    t_max: float | None = None
+    target: str = "score"
+    method: str = "auto"
+    k: int | None = None
+    at: str = "clean"
+    step: str = "auto"
+    directions: str = "basis"
+    dtype: str = "float64"
+    device: str = "auto"
+    batch_size: int | None = None
+    seed: int = 0
+    save_points: bool = False
+    schedule: str | None = None
+    parameterization: str | None = None
+    shape: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape) if self.shape is not None else None
+        return d
+
+
+def parse_step(step: str) -> str | float:
+    """`auto`, `sigma` or a positive number."""
+    if step in ("auto", "sigma"):
+        return step
+    try:
+        value = float(step)
+    except ValueError:
+        raise SpectraError(f"--step must be auto, sigma or a number, got {step!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise SpectraError(f"--step must be positive, got {step!r}")
+    return value
+
+
+def time_grid(schedule: Schedule, opts: EstimateOptions) -> np.ndarray:
+    """The validated, sorted time grid: --times, or n_times log-spaced in [t_min, t_max]
+    (rounded to integers for integer-time schedules)."""
+    if opts.times is not None:
+        if opts.t_min is not None or opts.t_max is not None:
+            raise SpectraError("give either --times or --t-min/--t-max, not both")
+        times = schedule.validate(opts.times)
+    else:
+        lo, hi = schedule.default_range
+        t_min = lo if opts.t_min is None else opts.t_min
+        t_max = hi if opts.t_max is None else opts.t_max
+        if opts.n_times < 1:
+            raise SpectraError(f"--n-times must be at least 1, got {opts.n_times}")
+        schedule.validate([t_min, t_max])
+        if not t_min <= t_max:
+            raise SpectraError(f"--t-min {t_min:g} is above --t-max {t_max:g}")
+        times = np.geomspace(t_min, t_max, opts.n_times)
+        if schedule.integer_times:
+            times = np.round(times)
+    times = np.unique(times)
+    return schedule.validate(times)
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
+    """The anchors x0 (N, *shape) as DESIGN.md's --data says."""
+    n = opts.n_samples
+    if n is not None and n < 1:
+        raise SpectraError(f"--n-samples must be at least 1, got {n}")
+    if opts.data is None:
+        x0 = model.sample(n or DEFAULT_N_SAMPLES, _rng(opts.seed, _SEED_ANCHORS))
+        if x0 is None:
+            raise SpectraError(
+                "this model has no data distribution of its own: pass --data FILE or --data noise"
+            )
+    elif opts.data == "noise":
+        shape = opts.shape or model.shape
+        if shape is None:
+            raise SpectraError("--data noise needs the sample shape: pass --shape C,H,W")
+        x0 = _rng(opts.seed, _SEED_ANCHORS).standard_normal((n or DEFAULT_N_SAMPLES, *shape))
+    else:
+        x0 = load_array(opts.data)
+        if n is not None and n > len(x0):
+            raise SpectraError(f"{opts.data} holds {len(x0)} samples; --n-samples asked for {n}")
+        x0 = x0[: n or DEFAULT_N_SAMPLES]
+    want = model.shape or opts.shape
+    if want is not None and tuple(x0.shape[1:]) != tuple(want):
+        raise SpectraError(
+            f"data samples have shape {tuple(x0.shape[1:])} but the model takes {tuple(want)}"
+        )
+    return np.ascontiguousarray(x0, dtype=np.float64)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpectraError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise SpectraError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def default_batch_size(model: ScoreModel, dim: int, dtype: torch.dtype) -> int:
+    """(anchor, direction) pairs per chunk: a fixed memory budget over the estimated activation
+    bytes per pair (model.activation_factor values of size D each), between 1 and 4096."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_pair = dim * itemsize * max(1, model.activation_factor)
+    return int(min(4096, max(1, _BATCH_BUDGET_BYTES // per_pair)))
+
+
+def _validate(opts: EstimateOptions) -> None:
+    if opts.target not in TARGETS:
+        raise SpectraError(f"--target must be one of {', '.join(TARGETS)}")
+    if opts.method not in METHODS:
+        raise SpectraError(f"--method must be one of {', '.join(METHODS)}")
+    if opts.at not in ("clean", "noisy"):
+        raise SpectraError("--at must be clean or noisy")
+    if opts.directions not in ("basis", "haar"):
+        raise SpectraError("--directions must be basis or haar")
+    if opts.dtype not in ("float32", "float64"):
+        raise SpectraError("--dtype must be float32 or float64")
+    if opts.k is not None and opts.k < 1:
+        raise SpectraError(f"--k must be at least 1, got {opts.k}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    parse_step(opts.step)
+
+
+def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
+    """The existing file's attributes, if it is a run with the same options."""
+    with store.open_checked(path) as f:
+        attrs = {k: store._decode(v) for k, v in f.attrs.items()}
+    old = json.loads(attrs.get("options") or "{}")
+    new = opts.to_dict()
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        parts = ", ".join(f"{k} ({old.get(k)!r} in the file, {new.get(k)!r} now)" for k in diff)
+        raise SpectraError(f"cannot resume {path}: options differ: {parts}")
+    return attrs
+
+
+def estimate(
+    out: str | Path,
+    opts: EstimateOptions,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> Path:
+    """Run (or resume) a trajectory estimate and return the path of the complete run file."""
+    out = Path(out)
+    if resume and overwrite:
+        raise SpectraError("--resume and --overwrite conflict: choose one")
+    _validate(opts)
+    exists = out.exists()
+    if exists and not (resume or overwrite):
+        raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+    old_attrs = _check_resumable(out, opts) if exists and resume else None
+    if exists and overwrite:
+        store.open_checked(out).close()  # only ever replace a spectra run, never a foreign file
+
+    model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
+    schedule = model.schedule
+    times = time_grid(schedule, opts)
+    x0 = anchors(model, opts)
+    shape = tuple(x0.shape[1:])
+    dim = math.prod(shape)
+    device = _device(opts.device)
+    dtype = getattr(torch, opts.dtype)
+    model.to(device, dtype)
+    batch_size = opts.batch_size or default_batch_size(model, dim, dtype)
+    k = min(opts.k or dim, dim)
+    step = parse_step(opts.step)
+    alpha, sigma = schedule.alpha(times), schedule.sigma(times)
+
+    tf32 = _disable_tf32()
+    x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
+    if old_attrs is not None:
+        method_used = old_attrs["method_used"]
+    elif opts.method == "auto":
+        method_used = probe_method(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target)
+    else:
+        method_used = opts.method
+
+    if old_attrs is None:
+        attrs = {
+            "spectra_version": spectra.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "command": command,
+            "model": model.spec,
+            "model_config": model.config(),
+            "parameterization": model.parameterization,
+            "schedule": schedule.to_dict(),
+            "target": opts.target,
+            "method": opts.method,
+            "method_used": method_used,
+            "at": opts.at,
+            "dtype": opts.dtype,
+            "device": str(device),
+            "seed": opts.seed,
+            "step": str(step),
+            "directions": opts.directions,
+            "k": k,
+            "batch_size": batch_size,
+            "torch_version": torch.__version__,
+            "tf32": tf32,
+            "options": opts.to_dict(),
+        }
+        grid = {"t": times, "alpha": alpha, "sigma": sigma, "tau": schedule.tau(times)}
+        points_shape = (len(x0), len(times), *shape) if opts.save_points else None
+        store.create(out, attrs, grid, x0, k, points_shape)
+
+    per_chunk = max(1, batch_size // dim)
+    with store.TrajectoryWriter(out) as writer:
+        done = writer.done
+        bar = tqdm(
+            total=done.size, initial=int(done.sum()), disable=not progress or None,
+            unit="jac", desc="spectra", leave=False,
+        )
+        for ti, t in enumerate(times):
+            for start in range(0, len(x0), per_chunk):
+                idx = np.arange(start, min(start + per_chunk, len(x0)))
+                todo = idx[~done[idx, ti]]
+                if len(todo) == 0:
+                    continue
+                points = _points(x0_t[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
+                dirs = _directions(opts, idx, ti, dim, dtype, device)
+                tick = time.perf_counter()
+                result = spectra_at(
+                    model, points, float(t), opts.target, method_used, step, dirs, batch_size
+                )
+                seconds = (time.perf_counter() - tick) / len(idx)
+                keep = np.isin(idx, todo)
+                values = {
+                    "singular_values": result.singular_values[keep, :k],
+                    "sym_eigenvalues": result.sym_eigenvalues[keep, :k],
+                    "asymmetry": result.asymmetry[keep],
+                    "seconds": np.full(len(todo), seconds),
+                }
+                saved = points[keep].cpu().numpy() if opts.save_points else None
+                writer.write(todo, ti, values, saved)
+                bar.update(len(todo))
+        bar.close()
+        writer.finish()
+    return out
+
+
+def _points(
+    x0: torch.Tensor, opts: EstimateOptions, alpha: float, sigma: float, idx: np.ndarray, ti: int
+) -> torch.Tensor:
+    """alpha x0 (--at clean) or alpha x0 + sigma eps (--at noisy), eps keyed by (seed, anchor,
+    time)."""
+    points = alpha * x0
+    if opts.at == "noisy":
+        shape = tuple(x0.shape[1:])
+        eps = np.stack([_rng(opts.seed, _SEED_NOISE, int(n), ti).standard_normal(shape) for n in idx])
+        points = points + sigma * torch.as_tensor(eps, dtype=x0.dtype, device=x0.device)
+    return points
+
+
+def _directions(
+    opts: EstimateOptions, idx: np.ndarray, ti: int, dim: int, dtype, device
+) -> torch.Tensor | None:
+    if opts.directions == "basis":
+        return None
+    qs = np.stack([haar_directions(dim, _rng(opts.seed, _SEED_DIRECTIONS, int(n), ti)) for n in idx])
+    return torch.as_tensor(qs, dtype=dtype, device=device)
+
+
+def _disable_tf32() -> dict[str, bool]:
+    """Full-precision matmuls and convolutions on CUDA (prior-art.md: TF32 is on by default for
+    cuDNN); returns the flags in force, recorded in the run file."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }

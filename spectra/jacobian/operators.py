@@ -1,0 +1,137 @@
+"""Jacobian operators: objects that only know how to multiply (after curvlinops).
+
+An operator holds a batched function F: (B, *shape) -> (B, *shape) whose samples are independent
+(the target of a ScoreModel at one time t) and N points x_1..x_N. It multiplies the N Jacobians
+J_n = dF/dx (x_n) (each D x D, D = prod(shape)) with blocks of vectors:
+
+    matmat(V):  V (N, D, k) -> (N, D, k),   out[n] = J_n V[n]
+    rmatmat(U): U (N, D, k) -> (N, D, k),   out[n] = J_n^T U[n]
+
+Products are computed in chunks of at most `batch_size` (point, vector) pairs so memory stays
+bounded; the chunk layout depends only on batch_size and k, so results do not depend on N.
+Algorithms (dense spectra, top-k) take operators and never look inside them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch.func import jvp, vjp, vmap
+
+BatchedFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class JacobianOperator(ABC):
+    """N Jacobians of F at `points` (N, *shape), applied to blocks of vectors."""
+
+    #: which derivative path the products use (recorded in run files)
+    path: str = ""
+
+    def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int) -> None:
+        self.fn = fn
+        self.points = points
+        self.shape = tuple(points.shape[1:])
+        self.dim = points[0].numel()
+        self.batch_size = max(1, int(batch_size))
+        self.n_products = 0
+
+    @property
+    def n_points(self) -> int:
+        return self.points.shape[0]
+
+    def _chunks(self, k: int) -> list[tuple[slice, slice]]:
+        """Rectangular (points, vectors) chunks of at most batch_size pairs."""
+        if k >= self.batch_size:
+            vec = [slice(j, min(j + self.batch_size, k)) for j in range(0, k, self.batch_size)]
+            return [(slice(n, n + 1), s) for n in range(self.n_points) for s in vec]
+        per = max(1, self.batch_size // k)
+        return [(slice(n, min(n + per, self.n_points)), slice(0, k))
+                for n in range(0, self.n_points, per)]
+
+    def _apply(self, v: torch.Tensor, block: Callable) -> torch.Tensor:
+        n, d, k = v.shape
+        if n != self.n_points or d != self.dim:
+            raise ValueError(f"expected vectors of shape ({self.n_points}, {self.dim}, k)")
+        vt = v.transpose(1, 2)  # (N, k, D): one row per vector
+        out = torch.empty_like(vt)
+        for pts, vec in self._chunks(k):
+            rows = vt[pts, vec]
+            rows = rows.reshape(rows.shape[0], rows.shape[1], *self.shape)
+            out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], d)
+            self.n_products += rows.shape[0] * rows.shape[1]
+        return out.transpose(1, 2)
+
+    def _single(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x[None])[0]
+
+    def matmat(self, v: torch.Tensor) -> torch.Tensor:
+        """J_n V[n] for every point n; V of shape (N, D, k)."""
+        return self._apply(v, self._jv_block)
+
+    def rmatmat(self, u: torch.Tensor) -> torch.Tensor:
+        """J_n^T U[n] for every point n; U of shape (N, D, k)."""
+        return self._apply(u, self._vjp_block)
+
+    @abstractmethod
+    def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        """Points self.points[pts] (n of them), v (n, k, *shape) -> J v (n, k, *shape)."""
+
+    def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no adjoint product")
+
+
+class AutodiffJacobian(JacobianOperator):
+    """Exact products: forward mode (torch.func.jvp) for J v, reverse mode (torch.func.vjp) for
+    J^T u, both under vmap over points and vectors; each point's primal pass is shared by its
+    vectors."""
+
+    path = "jvp"
+
+    def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        def one(xi: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
+            return jvp(self._single, (xi,), (vi,))[1]
+
+        return vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, 0))(self.points[pts], v)
+
+    def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
+        def per_point(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
+            _, pullback = vjp(self._single, xi)
+            return vmap(pullback)(ui)[0]
+
+        return vmap(per_point)(self.points[pts], u)
+
+
+class FiniteDifferenceJacobian(JacobianOperator):
+    """J v by finite differences with a per-point step h (N,) (theory.md 4):
+    forward (F(x + h v) - F(x)) / h, central (F(x + h v) - F(x - h v)) / (2 h).
+    Round-off limits relative accuracy to about sqrt(eps) (forward) and eps^(2/3) (central)."""
+
+    def __init__(
+        self,
+        fn: BatchedFn,
+        points: torch.Tensor,
+        batch_size: int,
+        step: torch.Tensor,
+        scheme: str = "central",
+    ) -> None:
+        super().__init__(fn, points, batch_size)
+        if scheme not in ("forward", "central"):
+            raise ValueError(f"unknown finite-difference scheme {scheme!r}")
+        self.scheme = scheme
+        self.path = f"fd-{scheme}"
+        self.step = step.to(points)
+        self._base: torch.Tensor | None = None
+
+    def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        n, k = v.shape[:2]
+        x = self.points[pts]
+        h = self.step[pts].reshape(n, 1, *([1] * len(self.shape)))
+        plus = self.fn((x[:, None] + h * v).reshape(n * k, *self.shape)).reshape(v.shape)
+        if self.scheme == "central":
+            minus = self.fn((x[:, None] - h * v).reshape(n * k, *self.shape)).reshape(v.shape)
+            return (plus - minus) / (2 * h)
+        if self._base is None:
+            self._base = self.fn(self.points)
+        return (plus - self._base[pts, None]) / h

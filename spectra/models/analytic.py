@@ -1,0 +1,255 @@
+"""Analytic models with an exact score and a closed-form Jacobian (theory.md 3.1).
+
+Every analytic model is a Gaussian mixture p_0 = sum_k pi_k N(mu_k, C_k), with each covariance
+held in eigen-form C_k = V_k diag(e_k) V_k^T (V_k: D x R orthonormal columns, e_k >= 0; columns
+padded with zeros where components have fewer than R nonzero eigenvalues). At time t,
+S_k = alpha^2 C_k + sigma^2 I and
+
+    P_k = S_k^{-1} = I/sigma^2 - V_k diag(c_k) V_k^T,  c_k = alpha^2 e_k / (sigma^2 (alpha^2 e_k + sigma^2))
+    g_k(x) = -P_k (x - alpha mu_k),   r_k(x) = softmax_k(log pi_k + log N(x; alpha mu_k, S_k))
+    s(x)   = sum_k r_k g_k
+    J(x)   = sum_k r_k (-P_k + g_k g_k^T) - s s^T
+
+Special cases (constructors below): the linear manifold of [V] (one component, mu = 0), the
+empirical score of N training points (C_k = 0), MoLRG [L] and the isotropic GMM [B].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra.errors import SpectraError
+from spectra.models.base import ScoreModel
+from spectra.models.parameterization import check_target
+from spectra.schedules import Schedule
+
+
+class GaussianMixture(ScoreModel):
+    """Exact score model of a Gaussian mixture. Native parameterization: score.
+
+    Args:
+        weights: (K,) mixture weights, positive, normalized here.
+        means: (K, D).
+        bases: (K, D, R) orthonormal eigenvector columns of each C_k (zero-padded).
+        eigenvalues: (K, R) the matching eigenvalues (>= 0; zero for padding).
+        schedule: the noise schedule.
+        shape: the sample shape (prod(shape) = D); defaults to (D,).
+    """
+
+    parameterization = "score"
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        means: np.ndarray,
+        bases: np.ndarray,
+        eigenvalues: np.ndarray,
+        schedule: Schedule,
+        shape: tuple[int, ...] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        weights = np.asarray(weights, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        bases = np.asarray(bases, dtype=np.float64)
+        eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
+        k, d = means.shape
+        if weights.shape != (k,) or np.any(weights <= 0):
+            raise SpectraError("mixture weights must be positive, one per component")
+        if bases.shape[:2] != (k, d) or eigenvalues.shape != (k, bases.shape[2]):
+            raise SpectraError("component bases must be (K, D, R) and eigenvalues (K, R)")
+        if np.any(eigenvalues < 0):
+            raise SpectraError("covariance eigenvalues must be non-negative")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.bases = bases
+        self.eigenvalues = eigenvalues
+        self.schedule = schedule
+        self.dim = d
+        self.shape = tuple(shape) if shape is not None else (d,)
+        if math.prod(self.shape) != d:
+            raise SpectraError(f"shape {self.shape} does not hold D = {d} values")
+        self._config = config or {"kind": "gmm"}
+        self.activation_factor = 4 * (k + bases.shape[2] + 1)
+        self.to("cpu", torch.float64)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> GaussianMixture:
+        kw = {"device": device, "dtype": dtype}
+        self._log_w = torch.as_tensor(np.log(self.weights), **kw)
+        self._mu = torch.as_tensor(self.means, **kw)
+        self._v = torch.as_tensor(self.bases, **kw)
+        self._e = torch.as_tensor(self.eigenvalues, **kw)
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    # --- the math -----------------------------------------------------------------------------
+    def _terms(self, x: torch.Tensor, t: float):
+        """Per-component quantities at flat x (B, D): g (B,K,D), log-joint (B,K), c (K,R)."""
+        alpha, sigma = self.alpha_sigma(t)
+        s2 = sigma**2
+        a2e = alpha**2 * self._e
+        c = a2e / (s2 * (a2e + s2))
+        diff = x[:, None, :] - alpha * self._mu[None]
+        proj = torch.einsum("bkd,kdr->bkr", diff, self._v)
+        p_diff = diff / s2 - torch.einsum("kdr,bkr->bkd", self._v, c * proj)
+        maha = (diff * diff).sum(-1) / s2 - (c * proj * proj).sum(-1)
+        logdet = torch.log(a2e + s2).sum(-1) + (self.dim - self._e.shape[1]) * math.log(s2)
+        log_joint = self._log_w - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
+        return -p_diff, log_joint, c
+
+    def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Exact score s(x) = sum_k r_k g_k, x of shape (B, *shape)."""
+        flat = x.reshape(x.shape[0], self.dim)
+        g, log_joint, _ = self._terms(flat, t)
+        r = torch.softmax(log_joint, dim=-1)
+        return (r[..., None] * g).sum(1).reshape(x.shape)
+
+    def log_density(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """log p_t(x), shape (B,)."""
+        _, log_joint, _ = self._terms(x.reshape(x.shape[0], self.dim), t)
+        return torch.logsumexp(log_joint, dim=-1)
+
+    def jacobian(self, x: torch.Tensor, t: float, target: str = "score") -> torch.Tensor:
+        """Closed-form Jacobian (B, D, D) of the target w.r.t. x at time t (theory.md 3.1, 2):
+        J_score = sum_k r_k (-P_k + g_k g_k^T) - s s^T; J_x0 = (I + sigma^2 J_score) / alpha;
+        J_eps = -sigma J_score."""
+        check_target(target)
+        alpha, sigma = self.alpha_sigma(t)
+        flat = x.reshape(x.shape[0], self.dim)
+        g, log_joint, c = self._terms(flat, t)
+        r = torch.softmax(log_joint, dim=-1)
+        eye = torch.eye(self.dim, dtype=flat.dtype, device=flat.device)
+        p = eye / sigma**2 - torch.einsum("kdr,kr,ker->kde", self._v, c, self._v)
+        s = (r[..., None] * g).sum(1)
+        jac = (
+            -torch.einsum("bk,kde->bde", r, p)
+            + torch.einsum("bk,bkd,bke->bde", r, g, g)
+            - s[:, :, None] * s[:, None, :]
+        )
+        if target == "score":
+            return jac
+        if target == "eps":
+            return -sigma * jac
+        return (eye + sigma**2 * jac) / alpha
+
+    def covariance_eigenvalues(self, component: int = 0) -> np.ndarray:
+        """Nonzero eigenvalues of C_k, sorted descending."""
+        e = self.eigenvalues[component]
+        return np.sort(e[e > 0])[::-1]
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi, z ~ N(0, I)."""
+        comp = rng.choice(len(self.weights), size=n, p=self.weights)
+        z = rng.standard_normal((n, self.eigenvalues.shape[1]))
+        scaled = np.sqrt(self.eigenvalues[comp]) * z
+        x = self.means[comp] + np.einsum("ndr,nr->nd", self.bases[comp], scaled)
+        return x.reshape((n, *self.shape))
+
+
+# --- constructors ---------------------------------------------------------------------------
+def eigen_factor(basis: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal eigen-form of C = B diag(variances) B^T (B: D x m, any columns):
+    thin SVD of B diag(sqrt(variances)) = U S W^T gives C = U diag(S^2) U^T."""
+    u, s, _ = np.linalg.svd(basis * np.sqrt(variances)[None, :], full_matrices=False)
+    return u, s**2
+
+
+def random_orthonormal(d: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """D x m matrix with orthonormal columns, Haar-distributed (QR with sign fix)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, m)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+def linear_manifold(
+    ambient_dim: int,
+    variances: np.ndarray,
+    schedule: Schedule,
+    embedding: str = "orthonormal",
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> GaussianMixture:
+    """[V]'s linear manifold: x0 = B z, z ~ N(0, diag(variances)), one zero-mean component.
+    embedding 'orthonormal': B has orthonormal columns (C's eigenvalues are the variances);
+    'gaussian': B = F with iid N(0, 1/D) entries (Marchenko–Pastur bulks)."""
+    variances = np.asarray(variances, dtype=np.float64)
+    m = len(variances)
+    if m == 0 or m > ambient_dim:
+        raise SpectraError(f"need 1 <= m <= D tangent variances (got m = {m}, D = {ambient_dim})")
+    if np.any(variances <= 0):
+        raise SpectraError("tangent variances must be positive")
+    rng = np.random.default_rng(seed)
+    if embedding == "orthonormal":
+        basis, eig = random_orthonormal(ambient_dim, m, rng), variances
+    elif embedding == "gaussian":
+        f = rng.standard_normal((ambient_dim, m)) / math.sqrt(ambient_dim)
+        basis, eig = eigen_factor(f, variances)
+    else:
+        raise SpectraError(f"unknown embedding {embedding!r} (expected orthonormal or gaussian)")
+    return GaussianMixture(
+        np.ones(1), np.zeros((1, ambient_dim)), basis[None], eig[None], schedule, config=config
+    )
+
+
+def empirical(
+    points: np.ndarray, schedule: Schedule, config: dict[str, Any] | None = None
+) -> GaussianMixture:
+    """The empirical (memorizing) score of N training points (N, *shape): C_k = 0, mu_k = x_i."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim < 2 or len(points) == 0:
+        raise SpectraError("empirical points must be an array of shape (N, *shape) with N >= 1")
+    n = len(points)
+    flat = points.reshape(n, -1)
+    d = flat.shape[1]
+    return GaussianMixture(
+        np.ones(n), flat, np.zeros((n, d, 0)), np.zeros((n, 0)), schedule,
+        shape=points.shape[1:], config=config,
+    )
+
+
+def molrg(
+    ambient_dim: int,
+    n_classes: int,
+    subspace_dim: int,
+    delta: float,
+    schedule: Schedule,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> GaussianMixture:
+    """[L]'s mixture of low-rank Gaussians: C_k = U_k U_k^T + delta^2 sum_{j != k} U_j U_j^T,
+    U_k mutually orthogonal D x d blocks, zero means, equal weights."""
+    total = n_classes * subspace_dim
+    if total > ambient_dim:
+        raise SpectraError(f"molrg needs K d <= D (got {total} > {ambient_dim})")
+    u = random_orthonormal(ambient_dim, total, np.random.default_rng(seed))
+    eig = np.full((n_classes, total), delta**2)
+    for k in range(n_classes):
+        eig[k, k * subspace_dim : (k + 1) * subspace_dim] = 1.0
+    bases = np.broadcast_to(u, (n_classes, ambient_dim, total)).copy()
+    return GaussianMixture(
+        np.ones(n_classes), np.zeros((n_classes, ambient_dim)), bases, eig, schedule, config=config
+    )
+
+
+def isotropic_gmm(
+    ambient_dim: int,
+    n_components: int,
+    variance: float,
+    schedule: Schedule,
+    radius: float | None = None,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+) -> GaussianMixture:
+    """[B]'s isotropic GMM: C_k = s_*^2 I, means uniform on the sphere of radius sqrt(D)."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((n_components, ambient_dim))
+    means *= (radius if radius is not None else math.sqrt(ambient_dim)) / np.linalg.norm(
+        means, axis=1, keepdims=True
+    )
+    eye = np.broadcast_to(np.eye(ambient_dim), (n_components, ambient_dim, ambient_dim)).copy()
+    eig = np.full((n_components, ambient_dim), float(variance))
+    return GaussianMixture(np.ones(n_components), means, eye, eig, schedule, config=config)

@@ -1,0 +1,55 @@
+"""The ScoreModel interface: any model, any parameterization, three targets.
+
+A ScoreModel knows its schedule, its native parameterization (what `predict` returns: eps, x0, v
+or score) and, when it can tell, its sample shape and data distribution. `target(x, t, name)`
+returns the score, the denoiser (x0) or eps at a batch x of shape (B, *shape) and one time t,
+converted with the formulas of theory.md section 2 (spectra.models.parameterization).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra.models.parameterization import check_target, to_target
+from spectra.schedules import Schedule
+
+
+class ScoreModel(ABC):
+    """Base class. Subclasses implement `predict` and `to`; everything else derives from them."""
+
+    schedule: Schedule
+    parameterization: str
+    shape: tuple[int, ...] | None = None
+    spec: str = ""
+    #: Rough activation memory per sample in units of D values; sizes the default batch.
+    activation_factor: int = 64
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The native prediction at x (B, *shape) and time t; returns x's shape."""
+
+    @abstractmethod
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ScoreModel:
+        """Move parameters to a device and dtype; returns self."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable description stored in run files."""
+        return {"kind": type(self).__name__}
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        """n samples (n, *shape) from the model's own data distribution, or None if unknown."""
+        return None
+
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """(alpha(t), sigma(t)) as float64 Python floats."""
+        return float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
+
+    def target(self, x: torch.Tensor, t: float, target: str) -> torch.Tensor:
+        """score | denoiser | eps at x (B, *shape), time t."""
+        check_target(target)
+        alpha, sigma = self.alpha_sigma(t)
+        return to_target(self.predict(x, t), x, alpha, sigma, self.parameterization, target)

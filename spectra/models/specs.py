@@ -1,0 +1,281 @@
+"""Build a ScoreModel from a model spec string (DESIGN.md, "Model specs").
+
+Forms:
+* `path/to/spec.toml`: `kind = "gaussian" | "empirical" | "gmm" | "network"` with a `[schedule]`
+  table (default: ve with its default constants). Paths inside are relative to the spec file.
+* `file.py:factory` or `package.module:factory`: a callable returning a ScoreModel or a bare
+  nn.Module (then `schedule` and `parameterization` say how to read it).
+* omitted (None): the shipped demo model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra.arrays import load_array
+from spectra.errors import SpectraError
+from spectra.models.analytic import (
+    GaussianMixture,
+    eigen_factor,
+    empirical,
+    isotropic_gmm,
+    linear_manifold,
+    molrg,
+    random_orthonormal,
+)
+from spectra.models.base import ScoreModel
+from spectra.models.network import NetworkScoreModel
+from spectra.schedules import Schedule
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def demo_spec() -> str:
+    """Path of the shipped demo model's spec."""
+    return str(resources.files("spectra_data").joinpath("demo.toml"))
+
+
+def load_model(
+    spec: str | None,
+    schedule: str | None = None,
+    parameterization: str | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> ScoreModel:
+    """The ScoreModel a spec names (see module docstring). `schedule` is a schedule name or a
+    JSON-free 'name' for bare modules; `shape` overrides the sample shape of bare modules."""
+    if spec is None:
+        spec = demo_spec()
+    if spec.endswith(".toml"):
+        model = _from_toml(Path(spec), schedule, parameterization, shape)
+    elif ":" in spec and not spec.startswith("diffusers:"):
+        model = _from_factory(spec, schedule, parameterization, shape)
+    else:
+        raise SpectraError(
+            f"unrecognized model spec {spec!r} (expected a .toml file, file.py:factory "
+            "or package.module:factory)"
+        )
+    model.spec = spec
+    return model
+
+
+# --- TOML -----------------------------------------------------------------------------------
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpectraError(f"model spec not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpectraError(f"malformed model spec {path}: {exc}") from None
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple, where: str, default: Any = ...):
+    if key not in table:
+        if default is ...:
+            raise SpectraError(f"{where}: missing '{key}'")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise SpectraError(f"{where}: '{key}' must be {names}, got {value!r}")
+    return value
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise SpectraError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+
+
+def _variances(table: dict[str, Any], where: str) -> np.ndarray:
+    """`variances = [..]` or `variance_groups = [[value, count], ...]`."""
+    if "variances" in table and "variance_groups" in table:
+        raise SpectraError(f"{where}: give 'variances' or 'variance_groups', not both")
+    if "variance_groups" in table:
+        groups = _take(table, "variance_groups", list, where)
+        try:
+            return np.concatenate([np.full(int(n), float(v)) for v, n in groups])
+        except (TypeError, ValueError):
+            raise SpectraError(f"{where}: 'variance_groups' must be [[value, count], ...]") from None
+    values = _take(table, "variances", list, where)
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpectraError(f"{where}: 'variances' must be a list of numbers") from None
+
+
+def _from_toml(
+    path: Path, schedule: str | None, parameterization: str | None, shape
+) -> ScoreModel:
+    table = _read_toml(path)
+    where = str(path)
+    kind = _take(table, "kind", str, where)
+    sched_table = _take(table, "schedule", dict, where, {"name": "ve"})
+    sched = Schedule.from_dict(sched_table)
+    config = {"spec_file": str(path.resolve()), **table}
+    common = {"kind", "schedule"}
+    if kind == "gaussian":
+        _check_keys(
+            table, common | {"ambient_dim", "variances", "variance_groups", "embedding", "seed"},
+            where,
+        )
+        return linear_manifold(
+            _take(table, "ambient_dim", int, where),
+            _variances(table, where),
+            sched,
+            embedding=_take(table, "embedding", str, where, "orthonormal"),
+            seed=_take(table, "seed", int, where, 0),
+            config=config,
+        )
+    if kind == "empirical":
+        _check_keys(table, common | {"points"}, where)
+        points = load_array(path.parent / _take(table, "points", str, where))
+        return empirical(points, sched, config=config)
+    if kind == "gmm":
+        return _gmm(table, sched, config, where)
+    if kind == "network":
+        _check_keys(table, common | {"factory", "parameterization", "shape"}, where)
+        factory = _take(table, "factory", str, where)
+        file_part, _, name = factory.rpartition(":")
+        if file_part.endswith(".py"):
+            factory = f"{path.parent / file_part}:{name}"
+        toml_shape = table.get("shape")
+        return _from_factory(
+            factory,
+            schedule or sched_table.get("name"),
+            parameterization or _take(table, "parameterization", str, where, None),
+            shape or (tuple(toml_shape) if toml_shape else None),
+            schedule_obj=sched if schedule is None else None,
+        )
+    raise SpectraError(
+        f"{where}: unknown kind {kind!r} (expected gaussian, empirical, gmm or network)"
+    )
+
+
+def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> GaussianMixture:
+    preset = _take(table, "preset", str, where, None)
+    dim = _take(table, "ambient_dim", int, where)
+    seed = _take(table, "seed", int, where, 0)
+    common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
+    if preset == "molrg":
+        _check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
+        return molrg(
+            dim,
+            _take(table, "n_classes", int, where),
+            _take(table, "subspace_dim", int, where),
+            float(_take(table, "delta", (int, float), where)),
+            sched, seed=seed, config=config,
+        )
+    if preset == "isotropic":
+        _check_keys(table, common | {"n_components", "variance", "radius"}, where)
+        radius = _take(table, "radius", (int, float), where, None)
+        return isotropic_gmm(
+            dim,
+            _take(table, "n_components", int, where),
+            float(_take(table, "variance", (int, float), where)),
+            sched, radius=None if radius is None else float(radius), seed=seed, config=config,
+        )
+    if preset is not None:
+        raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected molrg or isotropic)")
+    _check_keys(table, common | {"components"}, where)
+    comps = _take(table, "components", list, where)
+    if not comps:
+        raise SpectraError(f"{where}: a gmm needs at least one [[components]] table")
+    rng = np.random.default_rng(seed)
+    weights, means, factors = [], [], []
+    for i, comp in enumerate(comps):
+        cw = f"{where}: components[{i}]"
+        if not isinstance(comp, dict):
+            raise SpectraError(f"{cw} must be a table")
+        _check_keys(comp, {"weight", "mean", "variances", "variance_groups", "basis"}, cw)
+        weights.append(float(_take(comp, "weight", (int, float), cw, 1.0)))
+        mean = np.asarray(_take(comp, "mean", list, cw, [0.0] * dim), dtype=np.float64)
+        if mean.shape != (dim,):
+            raise SpectraError(f"{cw}: mean must have ambient_dim = {dim} entries")
+        variances = _variances(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
+            else np.zeros(0)
+        if "basis" in comp:
+            basis = np.asarray(comp["basis"], dtype=np.float64)
+            if basis.shape != (dim, len(variances)):
+                raise SpectraError(f"{cw}: basis must be D x m = {dim} x {len(variances)}")
+        else:
+            basis = random_orthonormal(dim, len(variances), rng)
+        means.append(mean)
+        factors.append(eigen_factor(basis, variances))
+    r = max(len(e) for _, e in factors)
+    bases = np.zeros((len(comps), dim, r))
+    eig = np.zeros((len(comps), r))
+    for k, (u, e) in enumerate(factors):
+        bases[k, :, : len(e)] = u
+        eig[k, : len(e)] = e
+    return GaussianMixture(np.asarray(weights), np.stack(means), bases, eig, sched, config=config)
+
+
+# --- factories ------------------------------------------------------------------------------
+def _import_factory(spec: str):
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise SpectraError(f"factory spec {spec!r} must be file.py:name or package.module:name")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise SpectraError(f"model file not found: {path}")
+            mod_name = f"spectra_user_{abs(hash(str(path.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except SpectraError:
+        raise
+    except Exception as exc:  # user code: any failure is a bad model spec
+        raise SpectraError(f"cannot import {target}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise SpectraError(f"{target} has no callable {name!r}")
+    return factory
+
+
+def _from_factory(
+    spec: str,
+    schedule: str | None,
+    parameterization: str | None,
+    shape,
+    schedule_obj: Schedule | None = None,
+) -> ScoreModel:
+    factory = _import_factory(spec)
+    try:
+        obj = factory()
+    except Exception as exc:  # user code
+        raise SpectraError(f"factory {spec} failed: {type(exc).__name__}: {exc}") from None
+    if isinstance(obj, ScoreModel):
+        return obj
+    if not isinstance(obj, torch.nn.Module):
+        raise SpectraError(
+            f"factory {spec} returned {type(obj).__name__}; expected a ScoreModel or nn.Module"
+        )
+    if parameterization is None:
+        raise SpectraError(
+            f"factory {spec} returned a bare module: say what it predicts with "
+            "--parameterization eps|x0|v|score"
+        )
+    if schedule_obj is None:
+        if schedule is None:
+            raise SpectraError(
+                f"factory {spec} returned a bare module: name its schedule with --schedule"
+            )
+        schedule_obj = Schedule(schedule)
+    return NetworkScoreModel(obj, schedule_obj, parameterization, shape=shape, spec=spec)

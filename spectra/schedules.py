@@ -1,0 +1,172 @@
+"""Noise schedules: x_t = alpha(t) x_0 + sigma(t) eps (theory.md section 1).
+
+Every schedule maps its own time variable t to alpha(t), sigma(t) and the VE-equivalent variance
+tau(t) = sigma(t)^2 / alpha(t)^2, the one axis all theory is written in. Values are computed in
+float64 numpy; arrays in, arrays out (a scalar in gives a 0-d array out).
+
+| name      | t range          | alpha(t)                                   | sigma(t)                      |
+|-----------|------------------|--------------------------------------------|-------------------------------|
+| `ve`      | (0, 1]           | 1                                          | s_min (s_max / s_min)^t       |
+| `vp`      | (0, 1]           | exp(-t^2 (b1 - b0)/4 - t b0/2)             | sqrt(1 - alpha^2)             |
+| `ddpm`    | integers 0..T-1  | sqrt(abar_t), abar = cumprod(1 - beta)     | sqrt(1 - abar_t)              |
+| `edm`     | [s_min, s_max]   | 1                                          | t                             |
+| `vp-sqrt` | (0, 1)           | sqrt(1 - t^2)                              | t                             |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from spectra.errors import SpectraError
+
+SCHEDULE_NAMES = ("ve", "vp", "ddpm", "edm", "vp-sqrt")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A named schedule with its constants.
+
+    `t_low`/`t_high` bound the valid times; `low_open`/`high_open` say whether the bound itself is
+    excluded. `default_range` is the (t_min, t_max) of the default log-spaced grid.
+    """
+
+    name: str
+    params: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULE_NAMES:
+            raise SpectraError(
+                f"unknown schedule {self.name!r} (expected one of {', '.join(SCHEDULE_NAMES)})"
+            )
+        allowed = _DEFAULTS[self.name]
+        unknown = set(self.params) - set(allowed)
+        if unknown:
+            raise SpectraError(
+                f"schedule {self.name!r} has no constant(s) {', '.join(sorted(unknown))} "
+                f"(it takes {', '.join(allowed) or 'none'})"
+            )
+        full = {**allowed, **{k: float(v) for k, v in self.params.items()}}
+        object.__setattr__(self, "params", full)
+        if self.name == "ddpm":
+            self.params["n_steps"] = float(int(self.params["n_steps"]))
+            object.__setattr__(self, "_abar", _ddpm_abar(self.params))
+
+    # --- ranges -------------------------------------------------------------------------------
+    @property
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        """(t_low, t_high, low_open, high_open)."""
+        p = self.params
+        if self.name in ("ve", "vp"):
+            return 0.0, 1.0, True, False
+        if self.name == "ddpm":
+            return 0.0, p["n_steps"] - 1, False, False
+        if self.name == "edm":
+            return p["sigma_min"], p["sigma_max"], False, False
+        return 0.0, 1.0, True, True
+
+    @property
+    def default_range(self) -> tuple[float, float]:
+        """(t_min, t_max) of the default log-spaced time grid."""
+        if self.name in ("ddpm", "edm"):
+            lo, hi = self.bounds[:2]
+            return max(lo, 1.0) if self.name == "ddpm" else lo, hi
+        return {"ve": (0.01, 1.0), "vp": (1e-3, 1.0), "vp-sqrt": (0.01, 0.99)}[self.name]
+
+    @property
+    def integer_times(self) -> bool:
+        """True where t is an integer timestep index (ddpm)."""
+        return self.name == "ddpm"
+
+    def validate(self, t: ArrayLike) -> np.ndarray:
+        """Return t as a float64 array, or raise SpectraError naming the first bad time."""
+        arr = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        lo, hi, lo_open, hi_open = self.bounds
+        for value in arr:
+            bad_low = value <= lo if lo_open else value < lo
+            bad_high = value >= hi if hi_open else value > hi
+            if not np.isfinite(value) or bad_low or bad_high:
+                lb = "(" if lo_open else "["
+                rb = ")" if hi_open else "]"
+                raise SpectraError(
+                    f"time t={value:g} is outside schedule {self.name!r}'s range "
+                    f"{lb}{lo:g}, {hi:g}{rb}"
+                )
+            if self.integer_times and value != np.round(value):
+                raise SpectraError(
+                    f"time t={value:g} is not an integer timestep (schedule {self.name!r})"
+                )
+        return arr
+
+    # --- values -------------------------------------------------------------------------------
+    def alpha(self, t: ArrayLike) -> np.ndarray:
+        """alpha(t), float64."""
+        t = np.asarray(t, dtype=np.float64)
+        p = self.params
+        if self.name in ("ve", "edm"):
+            return np.ones_like(t)
+        if self.name == "vp":
+            return np.exp(-(t**2) * (p["beta_max"] - p["beta_min"]) / 4 - t * p["beta_min"] / 2)
+        if self.name == "ddpm":
+            return np.sqrt(self._abar[np.round(t).astype(np.int64)])
+        return np.sqrt(1.0 - t**2)
+
+    def sigma(self, t: ArrayLike) -> np.ndarray:
+        """sigma(t), float64."""
+        t = np.asarray(t, dtype=np.float64)
+        p = self.params
+        if self.name == "ve":
+            return p["sigma_min"] * (p["sigma_max"] / p["sigma_min"]) ** t
+        if self.name == "vp":
+            # 1 - alpha^2 = -expm1(2 log alpha): exact at small t, where 1 - alpha^2 cancels.
+            log_alpha = -(t**2) * (p["beta_max"] - p["beta_min"]) / 4 - t * p["beta_min"] / 2
+            return np.sqrt(-np.expm1(2 * log_alpha))
+        if self.name == "ddpm":
+            return np.sqrt(1.0 - self._abar[np.round(t).astype(np.int64)])
+        return t.copy()  # edm and vp-sqrt: sigma = t
+
+    def tau(self, t: ArrayLike) -> np.ndarray:
+        """VE-equivalent variance tau(t) = sigma^2 / alpha^2."""
+        return self.sigma(t) ** 2 / self.alpha(t) ** 2
+
+    # --- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schedule:
+        d = dict(d)
+        if "name" not in d:
+            raise SpectraError("schedule table needs a 'name'")
+        name = d.pop("name")
+        try:
+            params = {k: float(v) for k, v in d.items()}
+        except (TypeError, ValueError) as exc:
+            raise SpectraError(f"schedule {name!r} constants must be numbers: {exc}") from None
+        return cls(str(name), params)
+
+
+_DEFAULTS: dict[str, dict[str, float]] = {
+    "ve": {"sigma_min": 0.01, "sigma_max": 50.0},
+    "vp": {"beta_min": 0.1, "beta_max": 20.0},
+    "ddpm": {"beta_start": 1e-4, "beta_end": 2e-2, "n_steps": 1000.0},
+    "edm": {"sigma_min": 0.002, "sigma_max": 80.0},
+    "vp-sqrt": {},
+}
+
+
+def _ddpm_abar(p: dict[str, float]) -> np.ndarray:
+    betas = np.linspace(p["beta_start"], p["beta_end"], int(p["n_steps"]), dtype=np.float64)
+    return np.cumprod(1.0 - betas)
+
+
+def get_schedule(name: str, **params: float) -> Schedule:
+    """Schedule by CLI name with optional constants (defaults from theory.md section 1)."""
+    return Schedule(name, params)

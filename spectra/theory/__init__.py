@@ -1,0 +1,1 @@
+"""Theory: closed forms and random-matrix predictions (numpy/scipy only, no torch)."""
