@@ -11,13 +11,13 @@ import shlex
 import sys
 
 import click
+from spectra_cli.info import describe, summary
 
 from spectra.errors import SpectraError
 from spectra.estimate import EstimateOptions, estimate
 from spectra.jacobian.methods import METHODS
 from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
 from spectra.schedules import SCHEDULE_NAMES
-from spectra_cli.info import describe, summary
 
 
 class SpectraGroup(click.Group):

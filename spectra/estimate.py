@@ -203,6 +203,8 @@ def estimate(
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     old_attrs = _check_resumable(out, opts) if exists and resume else None
+    if old_attrs is not None and old_attrs.get("complete"):
+        return out
     if exists and overwrite:
         store.open_checked(out).close()  # only ever replace a spectra run, never a foreign file
 
@@ -222,6 +224,7 @@ def estimate(
 
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
+    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     if old_attrs is not None:
         method_used = old_attrs["method_used"]
     elif opts.method == "auto":
@@ -273,9 +276,17 @@ def estimate(
                 points = _points(x0_t[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
                 dirs = _directions(opts, idx, ti, dim, dtype, device)
                 tick = time.perf_counter()
-                result = spectra_at(
-                    model, points, float(t), opts.target, method_used, step, dirs, batch_size
-                )
+                try:
+                    result = spectra_at(
+                        model, points, float(t), opts.target, method_used, step, dirs, batch_size
+                    )
+                except SpectraError:
+                    raise
+                except Exception as exc:  # the model does not support this method
+                    raise SpectraError(
+                        f"method {method_used} failed on the model at t={t:g}: "
+                        f"{type(exc).__name__}: {_first_line(exc)} (try --method auto)"
+                    ) from exc
                 seconds = (time.perf_counter() - tick) / len(idx)
                 keep = np.isin(idx, todo)
                 values = {
@@ -290,6 +301,42 @@ def estimate(
         bar.close()
         writer.finish()
     return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _preflight(
+    model: ScoreModel,
+    x0: torch.Tensor,
+    times: np.ndarray,
+    opts: EstimateOptions,
+    alpha: np.ndarray,
+    sigma: np.ndarray,
+    batch_size: int,
+) -> None:
+    """Evaluate the target at every (anchor, time) before any file is touched: a model that
+    fails, returns the wrong shape or NaN is refused with the time named, and no run file
+    (an existing one included) is changed. Costs N T forward evaluations (the Jacobians cost
+    N T D)."""
+    for ti, t in enumerate(times):
+        for start in range(0, len(x0), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(x0)))
+            points = _points(x0[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
+            try:
+                with torch.no_grad():
+                    value = model.target(points, float(t), opts.target)
+            except SpectraError:
+                raise
+            except Exception as exc:  # user model code
+                raise SpectraError(
+                    f"model failed at t={t:g}: {type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
+            if not torch.all(torch.isfinite(value)):
+                bad = int(idx[~torch.isfinite(value.reshape(len(idx), -1)).all(1).cpu().numpy()][0])
+                raise SpectraError(f"model returned NaN or infinite values at t={t:g} (anchor {bad})")
 
 
 def _points(

@@ -27,15 +27,16 @@ def finite_difference_step(
     """Per-point step h (N,) for unit-norm directions.
 
     `auto`: the round-off-optimal step for the dtype, eps^(1/2) (forward) or eps^(1/3) (central),
-    times max(1, rms(x_n)); `sigma`: the noise scale sigma(t) ([V]'s Algorithms 1 and 2);
+    times the characteristic input scale max(1, sqrt(mean(x_n^2) + sigma^2)), the typical size of
+    x_t = alpha x0 + sigma eps; `sigma`: the noise scale sigma(t) ([V]'s Algorithms 1 and 2);
     a number: that step.
     """
     n = points.shape[0]
     if step == "auto":
         eps = torch.finfo(points.dtype).eps
         base = math.sqrt(eps) if scheme == "forward" else eps ** (1 / 3)
-        rms = points.reshape(n, -1).pow(2).mean(1).sqrt()
-        return base * torch.clamp(rms, min=1.0)
+        scale = (points.reshape(n, -1).pow(2).mean(1) + sigma**2).sqrt()
+        return base * torch.clamp(scale, min=1.0)
     if step == "sigma":
         value = sigma
     else:

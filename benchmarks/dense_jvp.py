@@ -1,0 +1,126 @@
+"""Dense jvp Jacobian vs its floor (D batched forward passes) vs the per-direction FD loop.
+
+Issue 2's goal, on a small conv net with D = 3x16x16 = 768: one dense jvp Jacobian costs at most
+1.5x the time of D batched forward passes of the same net, and at least 10x less than the
+per-direction finite-difference loop (one perturbed evaluation at a time, as the paper's
+algorithms are usually coded). All three run in one process on the same net and point.
+
+    python benchmarks/dense_jvp.py [--device cpu|cuda] [--size 16] [--dtype float32|float64]
+                                   [--widths 8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+from common import environment, interleaved, write
+
+from spectra.jacobian import jacobian_at
+from spectra.models import NetworkScoreModel
+from spectra.schedules import Schedule
+
+
+class SmallConvNet(torch.nn.Module):
+    """Three 3x3 convolutions with SiLU and a learned time embedding added to the hidden maps."""
+
+    def __init__(self, channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(channels, width, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(width, width, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(width, channels, 3, padding=1)
+        self.temb = torch.nn.Linear(1, width)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.temb(torch.log(t)[:, None])[:, :, None, None]
+        h = torch.nn.functional.silu(self.c1(x) + emb)
+        h = torch.nn.functional.silu(self.c2(h))
+        return self.c3(h)
+
+
+def measure(width: int, shape: tuple[int, ...], dtype, device, batch_size: int, repeats: int,
+            fd_repeats: int) -> dict:
+    """The three timings for one net, interleaved, and their ratios."""
+    torch.manual_seed(0)
+    dim = math.prod(shape)
+    net = SmallConvNet(width=width).to(device=device, dtype=dtype).eval()
+    model = NetworkScoreModel(net, Schedule("ve"), "eps", shape=shape)
+    t = 0.5
+    x = torch.randn(1, *shape, device=device, dtype=dtype)
+    times = torch.full((batch_size,), t, device=device, dtype=dtype)
+    batch = torch.randn(dim, *shape, device=device, dtype=dtype)
+    h = torch.finfo(dtype).eps ** 0.5
+
+    def forward_floor():
+        with torch.no_grad():
+            for start in range(0, dim, batch_size):
+                chunk = batch[start : start + batch_size]
+                net(chunk, times[: len(chunk)])
+
+    def dense_jvp():
+        jacobian_at(model, x, t, "eps", "jvp", batch_size=batch_size)
+
+    def fd_loop():
+        with torch.no_grad():
+            base = model.target(x, t, "eps")
+            for i in range(dim):
+                e = torch.zeros_like(x).view(-1)
+                e[i] = h
+                (model.target(x + e.view_as(x), t, "eps") - base) / h
+
+    res = interleaved(
+        {"forward_D_batched": forward_floor, "dense_jvp": dense_jvp, "fd_loop_per_direction": fd_loop},
+        {"forward_D_batched": repeats, "dense_jvp": repeats, "fd_loop_per_direction": fd_repeats},
+        device,
+    )
+    out = {"net": f"SmallConvNet(width={width})",
+           "parameters": sum(p.numel() for p in net.parameters()), **res}
+    for stat in ("median_s", "min_s"):
+        out[f"ratio_jvp_over_forward_{stat[:-2]}"] = (
+            res["dense_jvp"][stat] / res["forward_D_batched"][stat])
+        out[f"ratio_fd_loop_over_jvp_{stat[:-2]}"] = (
+            res["fd_loop_per_direction"][stat] / res["dense_jvp"][stat])
+    out["goals_met"] = (out["ratio_jvp_over_forward_median"] <= 1.5
+                        and out["ratio_fd_loop_over_jvp_median"] >= 10.0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--widths", default="8,32")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--fd-repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    shape = (3, args.size, args.size)
+    dim = math.prod(shape)
+    nets = [measure(int(w), shape, dtype, device, args.batch_size, args.repeats, args.fd_repeats)
+            for w in args.widths.split(",")]
+    result = {
+        "benchmark": "dense_jvp",
+        "command": "python benchmarks/dense_jvp.py " + " ".join(sys.argv[1:]),
+        "environment": environment(device),
+        "config": {"shape": list(shape), "D": dim, "dtype": args.dtype,
+                   "batch_size": args.batch_size},
+        "goals": {"ratio_jvp_over_forward_max": 1.5, "ratio_fd_loop_over_jvp_min": 10.0},
+        "nets": nets,
+    }
+    path = write(f"dense_jvp_{device.type}_{args.dtype}_D{dim}", result)
+    for net in nets:
+        print(f"{net['net']}: forward floor {net['forward_D_batched']['median_s']:.4f} s, "
+              f"dense jvp {net['dense_jvp']['median_s']:.4f} s, "
+              f"fd loop {net['fd_loop_per_direction']['median_s']:.4f} s | "
+              f"jvp/forward {net['ratio_jvp_over_forward_median']:.2f} (goal <= 1.5), "
+              f"fd-loop/jvp {net['ratio_fd_loop_over_jvp_median']:.1f} (goal >= 10)")
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Small networks for tests, loaded through `file.py:factory` specs like a user's model."""
+
+import os
+import signal
+
+import torch
+
+
+class TinyNet(torch.nn.Module):
+    """An eps-predicting MLP on flat samples of dimension 16 with a time input."""
+
+    sample_shape = (16,)
+
+    def __init__(self, d: int = 16, width: int = 32) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.l1 = torch.nn.Linear(d + 1, width)
+        self.l2 = torch.nn.Linear(width, d)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+
+    def forward(self, x, t):
+        h = torch.cat([x, torch.log(t)[:, None]], dim=1)
+        return self.l2(torch.tanh(self.l1(h)))
+
+
+def tiny():
+    return TinyNet()
+
+
+class Killer(TinyNet):
+    """Sends itself SIGKILL on forward call number SPECTRA_TEST_KILL_AT (a crash mid-run)."""
+
+    calls = 0
+
+    def forward(self, x, t):
+        Killer.calls += 1
+        if Killer.calls == int(os.environ.get("SPECTRA_TEST_KILL_AT", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x, t)
+
+
+def killer():
+    return Killer()
+
+
+class WrongShape(TinyNet):
+    def forward(self, x, t):
+        return super().forward(x, t)[:, :8]
+
+
+def wrong_shape():
+    return WrongShape()
+
+
+class NaNLate(TinyNet):
+    """Returns NaN at times t > 0.5."""
+
+    def forward(self, x, t):
+        out = super().forward(x, t)
+        return torch.where(t[:, None] > 0.5, torch.full_like(out, float("nan")), out)
+
+
+def nan_late():
+    return NaNLate()
+
+
+def raises():
+    raise RuntimeError("no weights here")
+
+
+def not_a_model():
+    return 42
