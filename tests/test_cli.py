@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from conftest import rel_err
 from spectra_cli.main import cli
 
+import spectra
 import spectra.store
 from spectra.theory.linear import linear_manifold_singular_values
 
@@ -24,7 +25,8 @@ def test_demo_estimate_and_info(tmp_path):
     out = tmp_path / "run.h5"
     res = run("estimate", "--out", out, "--n-samples", 3, "--n-times", 4, "--quiet")
     assert res.exit_code == 0, res.output
-    traj = spectra.store.load(out)
+    traj = spectra.load(out)
+    assert isinstance(traj, spectra.Trajectory)
     assert traj.complete and traj["done"].all()
     assert traj["singular_values"].shape == (3, 4, 100)
     assert traj["x0"].shape == (3, 100)

@@ -60,6 +60,11 @@ def load_model(
         model = _from_toml(Path(spec), schedule, parameterization, shape)
     elif ":" in spec and not spec.startswith("diffusers:"):
         model = _from_factory(spec, schedule, parameterization, shape)
+    elif spec.startswith("diffusers:") or spec.endswith(".pt"):
+        raise SpectraError(
+            f"model spec {spec!r}: diffusers folders and spectra checkpoints are not supported "
+            "by this version (use a .toml spec or a factory)"
+        )
     else:
         raise SpectraError(
             f"unrecognized model spec {spec!r} (expected a .toml file, file.py:factory "
