@@ -2,13 +2,15 @@
 and leaves an existing run file byte-for-byte as it was."""
 
 import hashlib
+import tempfile
+from pathlib import Path
 
 import h5py
 import pytest
 from click.testing import CliRunner
 from spectra_cli.main import cli
 
-ASSETS = __import__("pathlib").Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent / "assets"
 NETS = ASSETS / "nets.py"
 
 
@@ -87,7 +89,8 @@ def cases(tmp_path):
     }
 
 
-CASE_NAMES = list(cases(__import__("pathlib").Path(".")))
+with tempfile.TemporaryDirectory() as _scratch:  # collection must not write into the checkout
+    CASE_NAMES = list(cases(Path(_scratch)))
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
