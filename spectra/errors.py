@@ -7,3 +7,9 @@ it like any ValueError.
 
 class SpectraError(ValueError):
     """Bad input: a missing file, a malformed spec, a value out of range, a model that misbehaves."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (for one-line errors about user code)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -23,8 +23,14 @@ from tqdm import tqdm
 import spectra
 from spectra import store
 from spectra.arrays import load_array
-from spectra.errors import SpectraError
-from spectra.jacobian.methods import METHODS, haar_directions, probe_method, spectra_at
+from spectra.errors import SpectraError, first_line
+from spectra.jacobian.methods import (
+    METHODS,
+    evaluate_checked,
+    haar_directions,
+    jacobian_spectra,
+    probe_method,
+)
 from spectra.models.base import ScoreModel
 from spectra.models.parameterization import TARGETS
 from spectra.models.specs import load_model
@@ -276,8 +282,8 @@ def estimate(
                 points = _points(x0_t[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
                 dirs = _directions(opts, idx, ti, dim, dtype, device)
                 tick = time.perf_counter()
-                try:
-                    result = spectra_at(
+                try:  # the values were checked by _preflight; only the Jacobian remains
+                    result = jacobian_spectra(
                         model, points, float(t), opts.target, method_used, step, dirs, batch_size
                     )
                 except SpectraError:
@@ -285,7 +291,7 @@ def estimate(
                 except Exception as exc:  # the model does not support this method
                     raise SpectraError(
                         f"method {method_used} failed on the model at t={t:g}: "
-                        f"{type(exc).__name__}: {_first_line(exc)} (try --method auto)"
+                        f"{type(exc).__name__}: {first_line(exc)} (try --method auto)"
                     ) from exc
                 seconds = (time.perf_counter() - tick) / len(idx)
                 keep = np.isin(idx, todo)
@@ -301,11 +307,6 @@ def estimate(
         bar.close()
         writer.finish()
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _preflight(
@@ -325,18 +326,7 @@ def _preflight(
         for start in range(0, len(x0), batch_size):
             idx = np.arange(start, min(start + batch_size, len(x0)))
             points = _points(x0[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
-            try:
-                with torch.no_grad():
-                    value = model.target(points, float(t), opts.target)
-            except SpectraError:
-                raise
-            except Exception as exc:  # user model code
-                raise SpectraError(
-                    f"model failed at t={t:g}: {type(exc).__name__}: {_first_line(exc)}"
-                ) from exc
-            if not torch.all(torch.isfinite(value)):
-                bad = int(idx[~torch.isfinite(value.reshape(len(idx), -1)).all(1).cpu().numpy()][0])
-                raise SpectraError(f"model returned NaN or infinite values at t={t:g} (anchor {bad})")
+            evaluate_checked(model, points, float(t), opts.target, offset=start)
 
 
 def _points(

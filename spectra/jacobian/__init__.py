@@ -3,9 +3,11 @@
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.methods import (
     METHODS,
+    evaluate_checked,
     finite_difference_step,
     haar_directions,
     jacobian_at,
+    jacobian_spectra,
     probe_method,
     spectra_at,
 )
@@ -23,9 +25,11 @@ __all__ = [
     "JacobianOperator",
     "dense_jacobian",
     "dense_spectra",
+    "evaluate_checked",
     "finite_difference_step",
     "haar_directions",
     "jacobian_at",
+    "jacobian_spectra",
     "probe_method",
     "spectra_at",
 ]

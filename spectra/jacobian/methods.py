@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.operators import AutodiffJacobian, FiniteDifferenceJacobian
 from spectra.models.base import ScoreModel
@@ -103,6 +103,44 @@ def jacobian_at(
     raise SpectraError(f"unknown method {method!r} (expected one of {', '.join(METHODS[1:])})")
 
 
+def evaluate_checked(
+    model: ScoreModel, points: torch.Tensor, t: float, target: str, offset: int = 0
+) -> torch.Tensor:
+    """The target at `points` (N, *shape), without gradients. Raises a one-line SpectraError
+    naming t when the model fails, returns the wrong shape, or returns NaN/inf (naming the first
+    bad point, numbered from `offset`)."""
+    try:
+        with torch.no_grad():
+            value = model.target(points, t, target)
+    except SpectraError:
+        raise
+    except Exception as exc:  # user model code
+        raise SpectraError(f"model failed at t={t:g}: {type(exc).__name__}: {first_line(exc)}") from exc
+    finite = torch.isfinite(value.reshape(len(points), -1)).all(1)
+    if not bool(finite.all()):
+        bad = offset + int(torch.nonzero(~finite)[0])
+        raise SpectraError(f"model returned NaN or infinite values at t={t:g} (anchor {bad})")
+    return value
+
+
+def jacobian_spectra(
+    model: ScoreModel,
+    points: torch.Tensor,
+    t: float,
+    target: str,
+    method: str,
+    step: str | float = "auto",
+    directions: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> DenseSpectra:
+    """Spectra of the dense Jacobians built by `method` (see jacobian_at); raises SpectraError
+    naming t when a Jacobian has NaN/inf entries. Does not check the model's values first."""
+    jac = jacobian_at(model, points, t, target, method, step, directions, batch_size)
+    if not torch.all(torch.isfinite(jac)):
+        raise SpectraError(f"Jacobian has NaN or infinite entries at t={t:g} (method {method})")
+    return dense_spectra(jac)
+
+
 def spectra_at(
     model: ScoreModel,
     points: torch.Tensor,
@@ -113,13 +151,7 @@ def spectra_at(
     directions: torch.Tensor | None = None,
     batch_size: int = 256,
 ) -> DenseSpectra:
-    """Check the model's output at `points` (shape, finite values), build the Jacobians and
-    return their spectra. Raises SpectraError naming t when the model returns NaN/inf."""
-    with torch.no_grad():
-        value = model.target(points, t, target)
-    if not torch.all(torch.isfinite(value)):
-        raise SpectraError(f"model returned NaN or infinite values at t={t:g}")
-    jac = jacobian_at(model, points, t, target, method, step, directions, batch_size)
-    if not torch.all(torch.isfinite(jac)):
-        raise SpectraError(f"Jacobian has NaN or infinite entries at t={t:g} (method {method})")
-    return dense_spectra(jac)
+    """Check the model's output at `points` (evaluate_checked), build the Jacobians and return
+    their spectra (jacobian_spectra)."""
+    evaluate_checked(model, points, t, target)
+    return jacobian_spectra(model, points, t, target, method, step, directions, batch_size)

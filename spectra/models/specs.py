@@ -56,15 +56,15 @@ def load_model(
     JSON-free 'name' for bare modules; `shape` overrides the sample shape of bare modules."""
     if spec is None:
         spec = demo_spec()
-    if spec.endswith(".toml"):
-        model = _from_toml(Path(spec), schedule, parameterization, shape)
-    elif ":" in spec and not spec.startswith("diffusers:"):
-        model = _from_factory(spec, schedule, parameterization, shape)
-    elif spec.startswith("diffusers:") or spec.endswith(".pt"):
+    if spec.startswith("diffusers:") or spec.endswith(".pt"):
         raise SpectraError(
             f"model spec {spec!r}: diffusers folders and spectra checkpoints are not supported "
             "by this version (use a .toml spec or a factory)"
         )
+    if spec.endswith(".toml"):
+        model = _from_toml(Path(spec), schedule, parameterization, shape)
+    elif ":" in spec:
+        model = _from_factory(spec, schedule, parameterization, shape)
     else:
         raise SpectraError(
             f"unrecognized model spec {spec!r} (expected a .toml file, file.py:factory "
