@@ -13,6 +13,7 @@ import sys
 import click
 from spectra_cli.info import describe, summary
 
+from spectra.compare import DEFAULT_RESOLUTION, compare, plot_run, theory_file
 from spectra.errors import SpectraError
 from spectra.estimate import EstimateOptions, estimate
 from spectra.jacobian.methods import METHODS
@@ -122,6 +123,57 @@ def info_cmd(run: str, as_json: bool) -> None:
     """Summary of a run file."""
     info = summary(run)
     click.echo(json.dumps(info, indent=2) if as_json else describe(info))
+
+
+@cli.command("compare-theory")
+@click.argument("run", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics.json and the figures [default: RUN-theory beside the run].")
+@click.option("--manifold", default=None, help="Linear-manifold spec (.toml, kind gaussian) to "
+              "compare with [default: the one the run's model records].")
+@click.option("--data", default=None, help="Gaussian-equivalent theory from this data's "
+              "covariance: samples (.npy/.npz/.h5) or an analytic .toml spec.")
+@click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True,
+              help="Delta: the smallest gap (normalized units) that counts as visible.")
+def compare_cmd(run: str, out: str | None, manifold: str | None, data: str | None,
+                resolution: float) -> None:
+    """Hold a run against random-matrix theory: metrics.json, figures, and a theory/ group."""
+    result = compare(run, out, manifold=manifold, data=data, resolution=resolution)
+    m = result.metrics
+    first = min(m["times"], key=lambda row: row["tau"])
+    dist = [row["spectrum_distance"] for row in m["times"] if row["spectrum_distance"] is not None]
+    click.echo(f"theory: {m['theory']['source']} (D = {m['theory'].get('ambient_dim', '?')}, "
+               f"m = {m['theory']['m']}); dimension at tau = {first['tau']:.3g}: measured "
+               f"{first['measured_dimension']}, predicted {first['predicted_dimension']}; "
+               f"largest spectrum distance {max(dist) if dist else float('nan'):.3g}")
+    click.echo(f"wrote {result.figures[0].parent / 'metrics.json'} and "
+               f"{', '.join(f.name for f in result.figures)}")
+
+
+@cli.command("theory")
+@click.option("--manifold", required=True, help="Linear-manifold spec (.toml, kind gaussian).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file (HDF5).")
+@click.option("--tau-min", type=float, default=1e-4, show_default=True)
+@click.option("--tau-max", type=float, default=1e3, show_default=True)
+@click.option("--n-tau", type=int, default=200, show_default=True)
+@click.option("--n-grid", type=int, default=1000, show_default=True,
+              help="Points of the density grid on (-1, 0).")
+@click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def theory_cmd(manifold: str, out: str, **options) -> None:
+    """Predicted spectra, densities and phases of a linear manifold, without a model."""
+    click.echo(f"wrote {theory_file(manifold, out, **options)}")
+
+
+@cli.command("plot")
+@click.argument("run", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the figures [default: RUN-plots beside the run].")
+@click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True)
+def plot_cmd(run: str, out: str | None, resolution: float) -> None:
+    """Figures of a run's spectra over diffusion time (no theory)."""
+    paths = plot_run(run, out, resolution)
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ import torch
 
 from spectra.jacobian import jacobian_at
 from spectra.models import empirical, isotropic_gmm, molrg
-from spectra.models.analytic import GaussianMixture, eigen_factor, random_orthonormal
+from spectra.models.analytic import GaussianMixture
 from spectra.schedules import Schedule
+from spectra.theory.manifold import eigen_factor, random_orthonormal
 
 
 def _general_gmm(schedule):

@@ -112,10 +112,12 @@ def test_manifold_gap_and_trivial_phase():
     assert 1 - t_triv / (lam_max + t_triv) == pytest.approx(delta, rel=1e-12)
 
 
-def test_theory_imports_no_torch():
+def test_theory_and_analysis_import_no_torch():
+    """DESIGN.md: theory and analysis are numpy/scipy only (compare-theory runs without torch)."""
     import subprocess
     import sys
 
-    code = ("import sys, spectra.theory.linear, spectra.theory.gaps, spectra.theory.random_matrix; "
+    code = ("import sys, spectra.theory.linear, spectra.theory.gaps, spectra.theory.random_matrix, "
+            "spectra.theory.manifold, spectra.theory.prediction, spectra.analysis, spectra.compare; "
             "assert 'torch' not in sys.modules, 'theory imported torch'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -26,6 +26,7 @@ from spectra.errors import SpectraError
 from spectra.models.base import ScoreModel
 from spectra.models.parameterization import check_target
 from spectra.schedules import Schedule
+from spectra.theory.manifold import LinearManifold, random_orthonormal
 
 
 class GaussianMixture(ScoreModel):
@@ -142,6 +143,13 @@ class GaussianMixture(ScoreModel):
         e = self.eigenvalues[component]
         return np.sort(e[e > 0])[::-1]
 
+    def covariance(self) -> np.ndarray:
+        """Covariance (D, D) of p_0: sum_k pi_k (C_k + mu_k mu_k^T) - mubar mubar^T."""
+        second = np.einsum("k,kdr,kr,ker->de", self.weights, self.bases, self.eigenvalues, self.bases)
+        second += np.einsum("k,kd,ke->de", self.weights, self.means, self.means)
+        mean = self.weights @ self.means
+        return second - np.outer(mean, mean)
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi, z ~ N(0, I)."""
         comp = rng.choice(len(self.weights), size=n, p=self.weights)
@@ -152,19 +160,6 @@ class GaussianMixture(ScoreModel):
 
 
 # --- constructors ---------------------------------------------------------------------------
-def eigen_factor(basis: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal eigen-form of C = B diag(variances) B^T (B: D x m, any columns):
-    thin SVD of B diag(sqrt(variances)) = U S W^T gives C = U diag(S^2) U^T."""
-    u, s, _ = np.linalg.svd(basis * np.sqrt(variances)[None, :], full_matrices=False)
-    return u, s**2
-
-
-def random_orthonormal(d: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    """D x m matrix with orthonormal columns, Haar-distributed (QR with sign fix)."""
-    q, r = np.linalg.qr(rng.standard_normal((d, m)))
-    return q * np.sign(np.diag(r))[None, :]
-
-
 def linear_manifold(
     ambient_dim: int,
     variances: np.ndarray,
@@ -176,20 +171,11 @@ def linear_manifold(
     """[V]'s linear manifold: x0 = B z, z ~ N(0, diag(variances)), one zero-mean component.
     embedding 'orthonormal': B has orthonormal columns (C's eigenvalues are the variances);
     'gaussian': B = F with iid N(0, 1/D) entries (Marchenko–Pastur bulks)."""
-    variances = np.asarray(variances, dtype=np.float64)
-    m = len(variances)
-    if m == 0 or m > ambient_dim:
-        raise SpectraError(f"need 1 <= m <= D tangent variances (got m = {m}, D = {ambient_dim})")
-    if np.any(variances <= 0):
-        raise SpectraError("tangent variances must be positive")
-    rng = np.random.default_rng(seed)
-    if embedding == "orthonormal":
-        basis, eig = random_orthonormal(ambient_dim, m, rng), variances
-    elif embedding == "gaussian":
-        f = rng.standard_normal((ambient_dim, m)) / math.sqrt(ambient_dim)
-        basis, eig = eigen_factor(f, variances)
-    else:
-        raise SpectraError(f"unknown embedding {embedding!r} (expected orthonormal or gaussian)")
+    try:
+        manifold = LinearManifold(ambient_dim, variances, embedding, seed)
+    except ValueError as exc:
+        raise SpectraError(str(exc)) from None
+    basis, eig = manifold.factor()
     return GaussianMixture(
         np.ones(1), np.zeros((1, ambient_dim)), basis[None], eig[None], schedule, config=config
     )

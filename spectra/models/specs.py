@@ -24,21 +24,16 @@ from spectra.arrays import load_array
 from spectra.errors import SpectraError
 from spectra.models.analytic import (
     GaussianMixture,
-    eigen_factor,
     empirical,
     isotropic_gmm,
     linear_manifold,
     molrg,
-    random_orthonormal,
 )
 from spectra.models.base import ScoreModel
 from spectra.models.network import NetworkScoreModel
 from spectra.schedules import Schedule
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from spectra.spec_toml import check_keys, manifold_from_table, read_toml, take, variances_of
+from spectra.theory.manifold import eigen_factor, random_orthonormal
 
 
 def demo_spec() -> str:
@@ -74,84 +69,31 @@ def load_model(
     return model
 
 
-# --- TOML -----------------------------------------------------------------------------------
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpectraError(f"model spec not found: {path}")
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpectraError(f"malformed model spec {path}: {exc}") from None
-
-
-def _take(table: dict[str, Any], key: str, kind: type | tuple, where: str, default: Any = ...):
-    if key not in table:
-        if default is ...:
-            raise SpectraError(f"{where}: missing '{key}'")
-        return default
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise SpectraError(f"{where}: '{key}' must be {names}, got {value!r}")
-    return value
-
-
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise SpectraError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-
-
-def _variances(table: dict[str, Any], where: str) -> np.ndarray:
-    """`variances = [..]` or `variance_groups = [[value, count], ...]`."""
-    if "variances" in table and "variance_groups" in table:
-        raise SpectraError(f"{where}: give 'variances' or 'variance_groups', not both")
-    if "variance_groups" in table:
-        groups = _take(table, "variance_groups", list, where)
-        try:
-            return np.concatenate([np.full(int(n), float(v)) for v, n in groups])
-        except (TypeError, ValueError):
-            raise SpectraError(f"{where}: 'variance_groups' must be [[value, count], ...]") from None
-    values = _take(table, "variances", list, where)
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpectraError(f"{where}: 'variances' must be a list of numbers") from None
-
-
 def _from_toml(
     path: Path, schedule: str | None, parameterization: str | None, shape
 ) -> ScoreModel:
-    table = _read_toml(path)
+    table = read_toml(path)
     where = str(path)
-    kind = _take(table, "kind", str, where)
-    sched_table = _take(table, "schedule", dict, where, {"name": "ve"})
+    kind = take(table, "kind", str, where)
+    sched_table = take(table, "schedule", dict, where, {"name": "ve"})
     sched = Schedule.from_dict(sched_table)
     config = {"spec_file": str(path.resolve()), **table}
     common = {"kind", "schedule"}
     if kind == "gaussian":
-        _check_keys(
-            table, common | {"ambient_dim", "variances", "variance_groups", "embedding", "seed"},
-            where,
-        )
+        manifold = manifold_from_table(table, where)
         return linear_manifold(
-            _take(table, "ambient_dim", int, where),
-            _variances(table, where),
-            sched,
-            embedding=_take(table, "embedding", str, where, "orthonormal"),
-            seed=_take(table, "seed", int, where, 0),
+            manifold.ambient_dim, manifold.variances, sched, manifold.embedding, manifold.seed,
             config=config,
         )
     if kind == "empirical":
-        _check_keys(table, common | {"points"}, where)
-        points = load_array(path.parent / _take(table, "points", str, where))
+        check_keys(table, common | {"points"}, where)
+        points = load_array(path.parent / take(table, "points", str, where))
         return empirical(points, sched, config=config)
     if kind == "gmm":
         return _gmm(table, sched, config, where)
     if kind == "network":
-        _check_keys(table, common | {"factory", "parameterization", "shape"}, where)
-        factory = _take(table, "factory", str, where)
+        check_keys(table, common | {"factory", "parameterization", "shape"}, where)
+        factory = take(table, "factory", str, where)
         file_part, _, name = factory.rpartition(":")
         if file_part.endswith(".py"):
             factory = f"{path.parent / file_part}:{name}"
@@ -159,7 +101,7 @@ def _from_toml(
         return _from_factory(
             factory,
             schedule or sched_table.get("name"),
-            parameterization or _take(table, "parameterization", str, where, None),
+            parameterization or take(table, "parameterization", str, where, None),
             shape or (tuple(toml_shape) if toml_shape else None),
             schedule_obj=sched if schedule is None else None,
         )
@@ -169,32 +111,32 @@ def _from_toml(
 
 
 def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> GaussianMixture:
-    preset = _take(table, "preset", str, where, None)
-    dim = _take(table, "ambient_dim", int, where)
-    seed = _take(table, "seed", int, where, 0)
+    preset = take(table, "preset", str, where, None)
+    dim = take(table, "ambient_dim", int, where)
+    seed = take(table, "seed", int, where, 0)
     common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
     if preset == "molrg":
-        _check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
+        check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
         return molrg(
             dim,
-            _take(table, "n_classes", int, where),
-            _take(table, "subspace_dim", int, where),
-            float(_take(table, "delta", (int, float), where)),
+            take(table, "n_classes", int, where),
+            take(table, "subspace_dim", int, where),
+            float(take(table, "delta", (int, float), where)),
             sched, seed=seed, config=config,
         )
     if preset == "isotropic":
-        _check_keys(table, common | {"n_components", "variance", "radius"}, where)
-        radius = _take(table, "radius", (int, float), where, None)
+        check_keys(table, common | {"n_components", "variance", "radius"}, where)
+        radius = take(table, "radius", (int, float), where, None)
         return isotropic_gmm(
             dim,
-            _take(table, "n_components", int, where),
-            float(_take(table, "variance", (int, float), where)),
+            take(table, "n_components", int, where),
+            float(take(table, "variance", (int, float), where)),
             sched, radius=None if radius is None else float(radius), seed=seed, config=config,
         )
     if preset is not None:
         raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected molrg or isotropic)")
-    _check_keys(table, common | {"components"}, where)
-    comps = _take(table, "components", list, where)
+    check_keys(table, common | {"components"}, where)
+    comps = take(table, "components", list, where)
     if not comps:
         raise SpectraError(f"{where}: a gmm needs at least one [[components]] table")
     rng = np.random.default_rng(seed)
@@ -203,12 +145,12 @@ def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> Ga
         cw = f"{where}: components[{i}]"
         if not isinstance(comp, dict):
             raise SpectraError(f"{cw} must be a table")
-        _check_keys(comp, {"weight", "mean", "variances", "variance_groups", "basis"}, cw)
-        weights.append(float(_take(comp, "weight", (int, float), cw, 1.0)))
-        mean = np.asarray(_take(comp, "mean", list, cw, [0.0] * dim), dtype=np.float64)
+        check_keys(comp, {"weight", "mean", "variances", "variance_groups", "basis"}, cw)
+        weights.append(float(take(comp, "weight", (int, float), cw, 1.0)))
+        mean = np.asarray(take(comp, "mean", list, cw, [0.0] * dim), dtype=np.float64)
         if mean.shape != (dim,):
             raise SpectraError(f"{cw}: mean must have ambient_dim = {dim} entries")
-        variances = _variances(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
+        variances = variances_of(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
             else np.zeros(0)
         if "basis" in comp:
             basis = np.asarray(comp["basis"], dtype=np.float64)

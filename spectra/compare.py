@@ -1,0 +1,267 @@
+"""Hold a measured run against the linear theory: `spectra compare-theory`, `spectra theory`,
+`spectra plot` (DESIGN.md, "compare-theory outputs"; theory.md 3.2-3.4).
+
+The theory is chosen in this order: `--manifold SPEC` (a gaussian linear-manifold spec), `--data
+SPEC` (the Gaussian-equivalent theory of that data's covariance: an array file of samples, or a
+model spec whose distribution is known), or what the run itself records (an analytic gaussian
+model knows its manifold). Measured spectra are normalized (spectra.analysis) and compared on the
+run's own tau grid; predictions depend on tau alone, so any schedule works.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from spectra import analysis, plot, store
+from spectra.errors import SpectraError
+from spectra.spec_toml import load_manifold, manifold_from_table
+from spectra.theory.prediction import LinearTheory
+
+DEFAULT_RESOLUTION = 0.1
+THEORY_FORMAT = "spectra-theory"
+
+
+@dataclass
+class Comparison:
+    """What compare-theory computed: the metrics (metrics.json's content) and the arrays of
+    the run file's theory/ group."""
+
+    metrics: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    figures: list[Path]
+
+
+def check_resolution(delta: float) -> float:
+    if not 0 < delta < 1:
+        raise SpectraError(f"--resolution must be between 0 and 1, got {delta}")
+    return float(delta)
+
+
+# --- choosing the theory ---------------------------------------------------------------------
+def theory_for_run(traj: store.Trajectory, manifold: str | None = None, data: str | None = None
+                   ) -> tuple[LinearTheory, dict[str, Any]]:
+    """The theory for a run and a description of where it came from (see module docstring)."""
+    if manifold and data:
+        raise SpectraError("give --manifold or --data, not both")
+    if manifold:
+        theory = LinearTheory.from_manifold(load_manifold(manifold))
+        source = {"source": "manifold", "spec": str(manifold)}
+    elif data:
+        theory, source = _data_theory(data), {"source": "data", "spec": str(data)}
+    else:
+        theory, source = _recorded_theory(traj), {"source": "run", "spec": traj.attrs.get("model", "")}
+    dim = math.prod(traj["x0"].shape[1:])
+    if theory.ambient_dim != dim:
+        raise SpectraError(
+            f"the theory has dimension D = {theory.ambient_dim} but the run's model has D = {dim}"
+        )
+    return theory, {**source, **theory.description, "m": theory.m}
+
+
+def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
+    try:
+        config = json.loads(traj.attrs.get("model_config") or "{}")
+    except json.JSONDecodeError:
+        config = {}
+    kind = config.get("kind")
+    if kind == "gaussian":
+        table = {k: v for k, v in config.items() if k != "spec_file"}
+        return LinearTheory.from_manifold(manifold_from_table(table, f"{traj.path} model_config"))
+    raise SpectraError(
+        f"{traj.path} does not record the data of its model (model kind {kind or 'unknown'!r}): "
+        "pass --manifold SPEC or --data SPEC"
+    )
+
+
+def _data_theory(spec: str) -> LinearTheory:
+    """Gaussian-equivalent theory of a data spec: samples in an array file, or a model spec
+    whose data distribution is known (the exact covariance of a linear manifold or mixture)."""
+    path = Path(spec)
+    if path.suffix in (".npy", ".npz", ".h5", ".hdf5"):
+        from spectra.arrays import load_array
+
+        try:
+            return LinearTheory.from_samples(load_array(path))
+        except ValueError as exc:
+            raise SpectraError(f"--data {spec}: {exc}") from None
+    if path.suffix == ".toml":
+        from spectra.models import GaussianMixture, load_model
+
+        model = load_model(spec)
+        if isinstance(model, GaussianMixture):
+            return LinearTheory(np.linalg.eigvalsh(model.covariance()), None,
+                                {"kind": "gaussian-equivalent", "model": model.config().get("kind")})
+    raise SpectraError(
+        f"--data {spec}: expected an array file (.npy, .npz, .h5) of samples or an analytic .toml spec"
+    )
+
+
+# --- the comparison --------------------------------------------------------------------------
+def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | None = None,
+            data: str | None = None, resolution: float = DEFAULT_RESOLUTION) -> Comparison:
+    """Compare a run with its theory: write DIR/metrics.json and the figures, and the theory/
+    group into the run file (atomically, measured data untouched)."""
+    delta = check_resolution(resolution)
+    run = Path(run)
+    traj = store.load(run)
+    theory, source = theory_for_run(traj, manifold, data)
+    target = traj.attrs["target"]
+    tau, alpha, sigma, t = traj["tau"], traj["alpha"], traj["sigma"], traj["t"]
+    mu = analysis.normalized_spectrum(traj["singular_values"], target, alpha, sigma)
+    k = mu.shape[-1]
+    full = theory.eigenvalues(tau)
+    # a run keeping K < D values holds the largest singular values: for the denoiser the top of
+    # the descending mu list, for score and eps its bottom
+    predicted = full[:, :k] if target == "denoiser" else full[:, full.shape[1] - k:]
+    median = analysis.median_spectrum(mu)
+    done = traj["done"]
+
+    per_anchor_dim = analysis.dimension(mu, delta)  # (N, T)
+    median_dim = analysis.dimension(median, delta)
+    predicted_dim = analysis.dimension(predicted, delta)
+    distances = analysis.spectrum_distance(mu, predicted[None])  # (N, T)
+    phases = {"predicted": theory.phases(delta), "measured": analysis.measured_phases(tau, median, delta)}
+    predicted_labels = theory.phase_labels(tau, delta)
+    measured_labels = analysis.phase_labels(median, delta, phases["measured"]["manifold_gap_index"])
+    times = []
+    for ti in range(len(tau)):
+        have = done[:, ti]
+        times.append({
+            "t": float(t[ti]), "tau": float(tau[ti]), "anchors_done": int(have.sum()),
+            "measured_dimension": _dim(median_dim[ti]) if have.any() else None,
+            "measured_dimension_per_anchor": [_dim(d) if h else None
+                                              for d, h in zip(per_anchor_dim[:, ti], have, strict=True)],
+            "predicted_dimension": _dim(predicted_dim[ti]),
+            "spectrum_distance": float(np.nanmax(distances[have, ti])) if have.any() else None,
+            "measured_phase": measured_labels[ti], "predicted_phase": predicted_labels[ti],
+        })
+    metrics = {"run": str(run), "target": target, "resolution": delta, "theory": source,
+               "times": times, "phases": phases}
+
+    grid = density_grid()
+    arrays = {"tau": tau, "eigenvalues": full,
+              "singular_values": theory.singular_values(alpha, sigma, target),
+              "density_grid": grid, "density": theory.density(tau, grid), "atom": theory.atom(tau)}
+    write_theory_group(run, arrays, {"source": json.dumps(source), "resolution": delta,
+                                     "phases": json.dumps(phases["predicted"])})
+
+    out = _out_dir(run, out_dir, "theory")
+    label = f"({run.name}, {target}; theory: {source['source']})"
+    gap_indices = sorted({g["index"] for g in phases["predicted"]["intermediate_gaps"]}
+                         | {g["index"] for g in phases["measured"]["intermediate_gaps"]}
+                         | {p for p in (phases["predicted"]["manifold_gap_index"],
+                                        phases["measured"]["manifold_gap_index"]) if p and p < k})
+    figures = [
+        plot.spectra_at_times(out / "spectrum.png", tau, mu, predicted, label),
+        plot.trajectories(out / "trajectories.png", tau, median, predicted, phases["predicted"],
+                          phases["measured"], label),
+        plot.gap_width_curves(out / "gaps.png", tau, median, delta, gap_indices, predicted, label),
+    ]
+    metrics["figures"] = [f.name for f in figures]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return Comparison(metrics, arrays, figures)
+
+
+def plot_run(run: str | Path, out_dir: str | Path | None = None,
+             resolution: float = DEFAULT_RESOLUTION) -> list[Path]:
+    """The trajectory figures of a run, without theory (`spectra plot`)."""
+    delta = check_resolution(resolution)
+    run = Path(run)
+    traj = store.load(run)
+    target = traj.attrs["target"]
+    tau = traj["tau"]
+    mu = analysis.normalized_spectrum(traj["singular_values"], target, traj["alpha"], traj["sigma"])
+    median = analysis.median_spectrum(mu)
+    measured = analysis.measured_phases(tau, median, delta)
+    indices = sorted({g["index"] for g in measured["intermediate_gaps"]}
+                     | ({measured["manifold_gap_index"]} if measured["manifold_gap_index"] else set()))
+    out = _out_dir(run, out_dir, "plots")
+    label = f"({run.name}, {target})"
+    return [
+        plot.spectra_at_times(out / "spectrum.png", tau, mu, None, label),
+        plot.trajectories(out / "trajectories.png", tau, median, None, None, measured, label),
+        plot.gap_width_curves(out / "gaps.png", tau, median, delta, indices, None, label),
+    ]
+
+
+def _dim(value: int) -> int | None:
+    return int(value) if value > 0 else None
+
+
+def _out_dir(run: Path, out_dir: str | Path | None, suffix: str) -> Path:
+    out = Path(out_dir) if out_dir is not None else run.with_name(f"{run.stem}-{suffix}")
+    if out.exists() and not out.is_dir():
+        raise SpectraError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def density_grid(n: int = 1000) -> np.ndarray:
+    """n midpoints of a uniform grid on (-1, 0), where normalized eigenvalues live."""
+    return -1 + (np.arange(n) + 0.5) / n
+
+
+# --- writing ---------------------------------------------------------------------------------
+def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    """Replace the run file's theory/ group atomically: copy every other object and attribute into
+    a new file beside it, add the group, and rename it over the run. A crash at any point leaves
+    the run as it was (and at most a stray temporary file)."""
+    tmp = run.with_name(run.name + ".theory.tmp")
+    try:
+        with store.open_checked(run) as src, h5py.File(tmp, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in src:
+                if name != "theory":
+                    src.copy(src[name], dst, name=name)
+            group = dst.create_group("theory")
+            for name, arr in arrays.items():
+                group.create_dataset(name, data=arr)
+            for key, value in attrs.items():
+                group.attrs[key] = value
+        os.replace(tmp, run)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: float = 1e3,
+                n_tau: int = 200, n_grid: int = 1000, resolution: float = DEFAULT_RESOLUTION,
+                overwrite: bool = False) -> Path:
+    """`spectra theory`: predictions for a manifold spec on a log tau grid, written to an HDF5
+    file (datasets tau, eigenvalues, density_grid, density, atom; attribute phases)."""
+    delta = check_resolution(resolution)
+    if not (0 < tau_min < tau_max) or not math.isfinite(tau_max):
+        raise SpectraError(f"need 0 < --tau-min < --tau-max, got {tau_min} and {tau_max}")
+    if n_tau < 1 or n_grid < 2:
+        raise SpectraError("--n-tau must be at least 1 and --n-grid at least 2")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
+    theory = LinearTheory.from_manifold(load_manifold(manifold))
+    tau = np.geomspace(tau_min, tau_max, n_tau)
+    grid = density_grid(n_grid)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"format": THEORY_FORMAT, "format_version": 1, "manifold": str(manifold),
+                            "resolution": delta, "phases": json.dumps(theory.phases(delta)),
+                            "description": json.dumps(theory.description)})
+            f["tau"] = tau
+            f["eigenvalues"] = theory.eigenvalues(tau)
+            f["density_grid"] = grid
+            f["density"] = theory.density(tau, grid)
+            f["atom"] = theory.atom(tau)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out

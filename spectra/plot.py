@@ -1,0 +1,144 @@
+"""Figures of measured spectra, optionally with the theory overlaid (PNG, matplotlib's Agg canvas).
+
+All figures use the normalized scale of spectra.analysis: |mu|, the magnitudes of the eigenvalues
+of sigma^2 J_score (the normalized singular values; theory.md 2), against the VE-equivalent
+variance tau on a log axis. Functions take arrays and write one PNG each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from spectra.analysis import gap_widths
+
+FIGSIZE, DPI = (12.0, 6.0), 100
+PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:green"}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def figure_times(tau: np.ndarray, count: int = 4) -> np.ndarray:
+    """Indices of up to `count` grid times spread evenly in log tau."""
+    logt = np.log(tau)
+    want = np.linspace(logt.min(), logt.max(), min(count, len(tau)))
+    return np.unique([int(np.argmin(np.abs(logt - w))) for w in want])
+
+
+def spectra_at_times(
+    path: Path, tau: np.ndarray, mu: np.ndarray, predicted: np.ndarray | None = None,
+    label: str = "",
+) -> Path:
+    """Sorted normalized singular values |mu| against their index at four times, median over
+    anchors with the anchors' range shaded; `predicted` (T, D) drawn as a line.
+    mu: (N, T, K) descending normalized spectra."""
+    idx = figure_times(tau)
+    fig = Figure(figsize=FIGSIZE)
+    axes = fig.subplots(1, len(idx), sharey=True, squeeze=False)[0]
+    with np.errstate(all="ignore"):
+        mags = np.abs(mu)
+        med, lo, hi = (np.nanmedian(mags, 0), np.nanmin(mags, 0), np.nanmax(mags, 0))
+    for ax, ti in zip(axes, idx, strict=True):
+        k = np.arange(1, mu.shape[-1] + 1)
+        ax.fill_between(k, lo[ti], hi[ti], color="tab:orange", alpha=0.3, label="measured range")
+        ax.plot(k, med[ti], ".", color="tab:orange", ms=4, label="measured (median)")
+        if predicted is not None:
+            pk = np.arange(1, predicted.shape[-1] + 1)
+            ax.plot(pk, np.abs(predicted[ti]), "-", color="black", lw=1, label="theory")
+        ax.set_yscale("log")
+        ax.set_title(f"tau = {tau[ti]:.3g}")
+        ax.set_xlabel("index (sorted by mu, descending)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("normalized singular value |mu|")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Spectrum at {len(idx)} times {label}".strip())
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _phase_lines(ax, phases: dict | None, style: str, tag: str) -> None:
+    if not phases:
+        return
+    marks = [("trivial_end_tau", "trivial", "trivial phase ends"),
+             ("manifold_gap_open_tau", "manifold", "manifold gap opens")]
+    for key, kind, text in marks:
+        if phases.get(key) is not None:
+            ax.axvline(phases[key], color=PREDICTED[kind], ls=style, lw=1.5, label=f"{text} ({tag})")
+    for n, gap in enumerate(phases.get("intermediate_gaps", [])):
+        name = f"intermediate gap visible ({tag})" if n == 0 else None
+        if style == "-":
+            ax.axvspan(gap["tau_close"], gap["tau_open"], color=PREDICTED["intermediate"], alpha=0.1,
+                       lw=0, label=name)
+        else:
+            ax.axvspan(gap["tau_close"], gap["tau_open"], fill=False, hatch="//", lw=0.5,
+                       ec=PREDICTED["intermediate"], label=name)
+
+
+def trajectories(
+    path: Path, tau: np.ndarray, median_mu: np.ndarray, predicted: np.ndarray | None = None,
+    predicted_phases: dict | None = None, measured_phases: dict | None = None, label: str = "",
+) -> Path:
+    """Every normalized singular value |mu| (median over anchors, (T, K)) against tau, with the
+    theory's values dashed and the phase boundaries marked (theory solid, measured hatched)."""
+    order = np.argsort(tau)
+    tau, median_mu = tau[order], median_mu[order]
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.subplots()
+    if predicted is not None:
+        predicted = predicted[order]
+        ax.plot(tau, np.abs(predicted), color="0.6", lw=0.6, ls="--")
+        ax.plot([], [], color="0.6", lw=0.6, ls="--", label="theory")
+    colors = np.linspace(0, 1, median_mu.shape[1])
+    cmap = colormaps["viridis"]
+    for k in range(median_mu.shape[1]):
+        ax.plot(tau, np.abs(median_mu[:, k]), color=cmap(colors[k]), lw=0.9)
+    ax.plot([], [], color=cmap(0.5), lw=0.9, label="measured (median over anchors)")
+    _phase_lines(ax, predicted_phases, "-", "theory")
+    _phase_lines(ax, measured_phases, ":", "measured")
+    ax.set_xscale("log")
+    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
+    ax.set_ylabel("normalized singular value |mu| (sigma^2 J_score)")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(f"Normalized spectrum over diffusion time {label}".strip())
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gap_width_curves(
+    path: Path, tau: np.ndarray, median_mu: np.ndarray, delta: float, indices: list[int],
+    predicted: np.ndarray | None = None, label: str = "",
+) -> Path:
+    """Widths of the gaps at the given positions (mu_{p-1} - mu_p) against tau: measured
+    (markers) and, with `predicted` (T, D), the theory's (lines); the resolution delta dashed."""
+    order = np.argsort(tau)
+    tau = tau[order]
+    measured = gap_widths(median_mu[order])
+    fig = Figure(figsize=FIGSIZE)
+    ax = fig.subplots()
+    cmap = colormaps["tab10"]
+    for n, p in enumerate(indices):
+        color = cmap(n % 10)
+        ax.plot(tau, measured[:, p - 1], "o", ms=4, color=color, label=f"gap at index {p}: measured")
+        if predicted is not None:
+            pred = gap_widths(predicted[order])
+            ax.plot(tau, pred[:, p - 1], "-", color=color, lw=1.2, label=f"gap at index {p}: theory")
+    ax.axhline(delta, color="black", ls="--", lw=1, label=f"resolution Delta = {delta:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
+    ax.set_ylabel("gap width (normalized units)")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(f"Spectral gaps over diffusion time {label}".strip())
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
