@@ -50,7 +50,11 @@ class JacobianOperator(ABC):
         return [(slice(n, min(n + per, self.n_points)), slice(0, k))
                 for n in range(0, self.n_points, per)]
 
+    @torch.no_grad()
     def _apply(self, v: torch.Tensor, block: Callable) -> torch.Tensor:
+        """Products chunk by chunk. Under no_grad: the torch.func transforms inside still
+        differentiate, but no autograd graph through the model's parameters is recorded (it
+        would keep every chunk's activations alive)."""
         n, d, k = v.shape
         if n != self.n_points or d != self.dim:
             raise ValueError(f"expected vectors of shape ({self.n_points}, {self.dim}, k)")
