@@ -23,9 +23,16 @@ from numpy.typing import ArrayLike
 NORMALIZED_TARGETS = ("score", "eps", "denoiser")
 
 
-def normalized_spectrum(values: ArrayLike, target: str, alpha: ArrayLike, sigma: ArrayLike) -> np.ndarray:
-    """mu (..., T, K) sorted descending (NaN last) from singular values (..., T, K) of `target`
-    at schedule values alpha, sigma (T,)."""
+def normalized_spectrum(
+    values: ArrayLike, target: str, alpha: ArrayLike, sigma: ArrayLike, dim: int | None = None
+) -> np.ndarray:
+    """mu (..., T, D) sorted descending from singular values (..., T, K) of `target` at schedule
+    values alpha, sigma (T,).
+
+    Positions are absolute: a run keeping only the K < D largest singular values fills the end of
+    the spectrum they come from (the bottom of mu for score and eps, whose largest values are the
+    normal directions near -1; the top for the denoiser) and leaves NaN elsewhere. NaN rows
+    (unfinished Jacobians) stay NaN."""
     s = np.asarray(values, dtype=np.float64)
     alpha = np.asarray(alpha, dtype=np.float64)[:, None]
     sigma = np.asarray(sigma, dtype=np.float64)[:, None]
@@ -37,7 +44,16 @@ def normalized_spectrum(values: ArrayLike, target: str, alpha: ArrayLike, sigma:
         mu = alpha * s - 1
     else:
         raise ValueError(f"unknown target {target!r} (expected one of {', '.join(NORMALIZED_TARGETS)})")
-    return -np.sort(-mu, axis=-1)  # descending; NaN sorts last
+    mu = -np.sort(-mu, axis=-1)  # descending; NaN sorts last
+    k = mu.shape[-1]
+    dim = k if dim is None else dim
+    if dim < k:
+        raise ValueError(f"{k} values cannot come from a {dim}-dimensional Jacobian")
+    if dim == k:
+        return mu
+    missing = np.full((*mu.shape[:-1], dim - k), np.nan)
+    parts = [mu, missing] if target == "denoiser" else [missing, mu]
+    return np.concatenate(parts, axis=-1)
 
 
 def gap_widths(mu: ArrayLike) -> np.ndarray:
@@ -48,18 +64,26 @@ def gap_widths(mu: ArrayLike) -> np.ndarray:
 
 def dimension(mu: ArrayLike, delta: float) -> np.ndarray:
     """Position (...,) of the largest gap of each descending spectrum (..., K), or -1 where no gap
-    exceeds delta (no visible gap: the estimate is undefined)."""
+    exceeds delta (no visible gap: the estimate is undefined). NaN positions never form gaps."""
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.shape[-1] < 2:
+        return np.full(mu.shape[:-1], -1)
     widths = np.nan_to_num(gap_widths(mu), nan=-np.inf)
     pos = np.argmax(widths, axis=-1) + 1
     return np.where(np.max(widths, axis=-1) > delta, pos, -1)
 
 
 def spectrum_distance(measured: ArrayLike, predicted: ArrayLike) -> np.ndarray:
-    """Wasserstein-1 distance (...,) between two spectra of K points each (the mean absolute
-    difference of the sorted values), over the positions where `measured` is not NaN."""
-    a = -np.sort(-np.asarray(measured, dtype=np.float64), axis=-1)
-    b = -np.sort(-np.asarray(predicted, dtype=np.float64), axis=-1)
-    return np.nanmean(np.abs(a - b), axis=-1)
+    """Wasserstein-1 distance (...,) between two spectra of K points each, both sorted
+    descending and aligned by position (the mean absolute difference of the sorted values), over
+    the positions where `measured` is known; NaN where it knows none."""
+    a = np.asarray(measured, dtype=np.float64)
+    b = np.broadcast_to(np.asarray(predicted, dtype=np.float64), a.shape)
+    known = ~np.isnan(a)
+    count = known.sum(-1)
+    total = np.where(known, np.abs(a - b), 0.0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def median_spectrum(mu: ArrayLike) -> np.ndarray:
@@ -71,21 +95,40 @@ def median_spectrum(mu: ArrayLike) -> np.ndarray:
     return out
 
 
-def phase_labels(mu: ArrayLike, delta: float, manifold_index: int | None) -> list[str]:
+def is_trivial(row: np.ndarray, delta: float) -> bool | None:
+    """Every value within delta of -1 (theory.md 3.4); None when the top of the spectrum (the
+    value that decides it) was not measured."""
+    if np.isnan(row[0]):
+        return None
+    return bool(np.nanmax(np.abs(row + 1)) < delta)
+
+
+def manifold_gap_position(row: np.ndarray, delta: float) -> int | None:
+    """Position of the manifold gap in one descending spectrum: the widest visible gap with every
+    known value below it within delta of -1 (the normal directions); None if there is none."""
+    widths = gap_widths(row)
+    best, best_width = None, delta
+    for p in np.nonzero(np.nan_to_num(widths, nan=-np.inf) > delta)[0] + 1:
+        below = row[p:]
+        if np.all(np.abs(below[~np.isnan(below)] + 1) < delta) and widths[p - 1] > best_width:
+            best, best_width = int(p), widths[p - 1]
+    return best
+
+
+def phase_labels(mu: ArrayLike, delta: float, manifold_index: int | None) -> list[str | None]:
     """The phase of each descending spectrum in mu (T, K), as theory.md 3.4 defines them:
     `trivial` when every value lies within delta of -1, `consolidation` when the manifold gap (the
-    gap at position manifold_index) is visible, `manifold coverage` otherwise."""
-    mu = np.asarray(mu, dtype=np.float64)
-    labels = []
-    for row in mu:
+    gap at position manifold_index) is visible, `manifold coverage` otherwise; None where the
+    spectrum was not measured (or its top is missing and no manifold gap shows)."""
+    labels: list[str | None] = []
+    for row in np.asarray(mu, dtype=np.float64):
         if np.all(np.isnan(row)):
             labels.append(None)
-        elif np.nanmax(row) < -1 + delta:
-            labels.append("trivial")
         elif manifold_index and row[manifold_index - 1] - row[manifold_index] > delta:
             labels.append("consolidation")
         else:
-            labels.append("manifold coverage")
+            trivial = is_trivial(row, delta)
+            labels.append(None if trivial is None else "trivial" if trivial else "manifold coverage")
     return labels
 
 
@@ -93,13 +136,15 @@ def measured_phases(tau: ArrayLike, mu: ArrayLike, delta: float) -> dict:
     """Phase boundaries measured on a tau grid from descending spectra mu (T, K).
 
     * trivial_end_tau: the smallest grid tau of the run of large-tau times (from the largest
-      down) at which every value lies within delta of -1; None if the largest tau is not trivial.
-    * manifold_gap_index: the dimension estimate at the smallest tau (None if no visible gap);
+      down) at which every value lies within delta of -1; None if the largest tau is not trivial
+      (or its top values were not measured).
+    * manifold_gap_index: the position of the manifold gap at the smallest tau (the widest
+      visible gap with only near -1 values below it; None if there is none);
       manifold_gap_open_tau: the largest grid tau of the run of small-tau times (from the
       smallest up) at which the gap at that position is visible.
-    * intermediate_gaps: each position p below the manifold gap where a gap is visible at some
+    * intermediate_gaps: each position p above the manifold gap where a gap is visible at some
       time: {index: p, tau_open: largest such tau, tau_close: smallest, tau_max: the grid tau
-      where it is widest, width_max}.
+      where it is widest, width_max}. A gap still visible at an end of the grid reports that end.
     Times with no finite spectrum are skipped.
     """
     tau = np.asarray(tau, dtype=np.float64)
@@ -108,37 +153,33 @@ def measured_phases(tau: ArrayLike, mu: ArrayLike, delta: float) -> dict:
     tau, mu = tau[keep], mu[keep]
     order = np.argsort(tau)
     tau, mu = tau[order], mu[order]
-    empty = {"trivial_end_tau": None, "manifold_gap_open_tau": None, "manifold_gap_index": None,
-             "intermediate_gaps": []}
-    if tau.size == 0:
-        return empty
+    result = {"trivial_end_tau": None, "manifold_gap_open_tau": None, "manifold_gap_index": None,
+              "intermediate_gaps": []}
+    if tau.size == 0 or mu.shape[1] < 2:
+        return result
     widths = np.nan_to_num(gap_widths(mu), nan=-np.inf)
     visible = widths > delta
 
-    trivial = np.nanmax(mu, axis=1) < -1 + delta
-    trivial_end = None
     for i in range(tau.size - 1, -1, -1):
-        if not trivial[i]:
+        if not is_trivial(mu[i], delta):
             break
-        trivial_end = float(tau[i])
+        result["trivial_end_tau"] = float(tau[i])
 
-    p_star = int(dimension(mu[0], delta))
-    manifold_open = None
-    if p_star > 0:
+    p_star = manifold_gap_position(mu[0], delta)
+    if p_star is not None:
+        result["manifold_gap_index"] = p_star
         for i in range(tau.size):
             if not visible[i, p_star - 1]:
                 break
-            manifold_open = float(tau[i])
+            result["manifold_gap_open_tau"] = float(tau[i])
 
-    gaps = []
-    upper = p_star - 1 if p_star > 0 else 0
-    for p in range(1, upper + 1):
+    for p in range(1, p_star if p_star is not None else mu.shape[1]):
         seen = visible[:, p - 1]
         if not seen.any():
             continue
         where = np.nonzero(seen)[0]
         widest = int(np.argmax(widths[:, p - 1]))
-        gaps.append({"index": p, "tau_open": float(tau[where[-1]]), "tau_max": float(tau[widest]),
-                     "tau_close": float(tau[where[0]]), "width_max": float(widths[widest, p - 1])})
-    return {"trivial_end_tau": trivial_end, "manifold_gap_open_tau": manifold_open,
-            "manifold_gap_index": p_star if p_star > 0 else None, "intermediate_gaps": gaps}
+        result["intermediate_gaps"].append({
+            "index": p, "tau_open": float(tau[where[-1]]), "tau_max": float(tau[widest]),
+            "tau_close": float(tau[where[0]]), "width_max": float(widths[widest, p - 1])})
+    return result

@@ -63,7 +63,7 @@ def theory_for_run(traj: store.Trajectory, manifold: str | None = None, data: st
         raise SpectraError(
             f"the theory has dimension D = {theory.ambient_dim} but the run's model has D = {dim}"
         )
-    return theory, {**source, **theory.description, "m": theory.m}
+    return theory, {**source, **theory.description, "ambient_dim": theory.ambient_dim, "m": theory.m}
 
 
 def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
@@ -88,10 +88,14 @@ def _data_theory(spec: str) -> LinearTheory:
     if path.suffix in (".npy", ".npz", ".h5", ".hdf5"):
         from spectra.arrays import load_array
 
-        try:
-            return LinearTheory.from_samples(load_array(path))
-        except ValueError as exc:
-            raise SpectraError(f"--data {spec}: {exc}") from None
+        x = load_array(path)
+        n, dim = len(x), int(np.prod(x.shape[1:]))
+        if n <= dim:
+            raise SpectraError(
+                f"--data {spec}: {n} samples cannot estimate a covariance in D = {dim} "
+                f"(its rank would be at most {n - 1}); give more than D samples"
+            )
+        return LinearTheory.from_samples(x)
     if path.suffix == ".toml":
         from spectra.models import GaussianMixture, load_model
 
@@ -113,16 +117,12 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
     run = Path(run)
     traj = store.load(run)
     theory, source = theory_for_run(traj, manifold, data)
+    out = _out_dir(run, out_dir, "theory")
     target = traj.attrs["target"]
     tau, alpha, sigma, t = traj["tau"], traj["alpha"], traj["sigma"], traj["t"]
-    mu = analysis.normalized_spectrum(traj["singular_values"], target, alpha, sigma)
-    k = mu.shape[-1]
-    full = theory.eigenvalues(tau)
-    # a run keeping K < D values holds the largest singular values: for the denoiser the top of
-    # the descending mu list, for score and eps its bottom
-    predicted = full[:, :k] if target == "denoiser" else full[:, full.shape[1] - k:]
+    mu, done = measured_spectrum(traj)
+    predicted = theory.eigenvalues(tau)
     median = analysis.median_spectrum(mu)
-    done = traj["done"]
 
     per_anchor_dim = analysis.dimension(mu, delta)  # (N, T)
     median_dim = analysis.dimension(median, delta)
@@ -147,18 +147,17 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
                "times": times, "phases": phases}
 
     grid = density_grid()
-    arrays = {"tau": tau, "eigenvalues": full,
+    arrays = {"tau": tau, "eigenvalues": predicted,
               "singular_values": theory.singular_values(alpha, sigma, target),
               "density_grid": grid, "density": theory.density(tau, grid), "atom": theory.atom(tau)}
     write_theory_group(run, arrays, {"source": json.dumps(source), "resolution": delta,
                                      "phases": json.dumps(phases["predicted"])})
 
-    out = _out_dir(run, out_dir, "theory")
     label = f"({run.name}, {target}; theory: {source['source']})"
     gap_indices = sorted({g["index"] for g in phases["predicted"]["intermediate_gaps"]}
                          | {g["index"] for g in phases["measured"]["intermediate_gaps"]}
                          | {p for p in (phases["predicted"]["manifold_gap_index"],
-                                        phases["measured"]["manifold_gap_index"]) if p and p < k})
+                                        phases["measured"]["manifold_gap_index"]) if p})
     figures = [
         plot.spectra_at_times(out / "spectrum.png", tau, mu, predicted, label),
         plot.trajectories(out / "trajectories.png", tau, median, predicted, phases["predicted"],
@@ -176,14 +175,14 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None,
     delta = check_resolution(resolution)
     run = Path(run)
     traj = store.load(run)
+    out = _out_dir(run, out_dir, "plots")
     target = traj.attrs["target"]
     tau = traj["tau"]
-    mu = analysis.normalized_spectrum(traj["singular_values"], target, traj["alpha"], traj["sigma"])
+    mu, _ = measured_spectrum(traj)
     median = analysis.median_spectrum(mu)
     measured = analysis.measured_phases(tau, median, delta)
     indices = sorted({g["index"] for g in measured["intermediate_gaps"]}
                      | ({measured["manifold_gap_index"]} if measured["manifold_gap_index"] else set()))
-    out = _out_dir(run, out_dir, "plots")
     label = f"({run.name}, {target})"
     return [
         plot.spectra_at_times(out / "spectrum.png", tau, mu, None, label),
@@ -192,15 +191,29 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None,
     ]
 
 
+def measured_spectrum(traj: store.Trajectory) -> tuple[np.ndarray, np.ndarray]:
+    """The run's normalized spectra mu (N, T, D) at absolute positions (NaN where not computed,
+    including every (anchor, time) whose `done` is false) and the done mask (N, T)."""
+    done = traj["done"].astype(bool)
+    if not done.any():
+        raise SpectraError(f"{traj.path} has no finished Jacobians yet (run spectra estimate --resume)")
+    sv = np.array(traj["singular_values"], dtype=np.float64)
+    sv[~done] = np.nan
+    dim = math.prod(traj["x0"].shape[1:])
+    mu = analysis.normalized_spectrum(sv, traj.attrs["target"], traj["alpha"], traj["sigma"], dim)
+    return mu, done
+
+
 def _dim(value: int) -> int | None:
     return int(value) if value > 0 else None
 
 
 def _out_dir(run: Path, out_dir: str | Path | None, suffix: str) -> Path:
     out = Path(out_dir) if out_dir is not None else run.with_name(f"{run.stem}-{suffix}")
-    if out.exists() and not out.is_dir():
-        raise SpectraError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
     return out
 
 
@@ -246,6 +259,8 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
     out = Path(out)
     if out.exists() and not overwrite:
         raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise SpectraError(f"folder {out.parent} does not exist")
     theory = LinearTheory.from_manifold(load_manifold(manifold))
     tau = np.geomspace(tau_min, tau_max, n_tau)
     grid = density_grid(n_grid)

@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from spectra.analysis import gap_widths
+from spectra.analysis import gap_widths, median_spectrum
 
 FIGSIZE, DPI = (12.0, 6.0), 100
 PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:green"}
@@ -43,9 +43,11 @@ def spectra_at_times(
     idx = figure_times(tau)
     fig = Figure(figsize=FIGSIZE)
     axes = fig.subplots(1, len(idx), sharey=True, squeeze=False)[0]
-    with np.errstate(all="ignore"):
-        mags = np.abs(mu)
-        med, lo, hi = (np.nanmedian(mags, 0), np.nanmin(mags, 0), np.nanmax(mags, 0))
+    mags = np.abs(mu)
+    med = median_spectrum(mags)
+    lo = np.where(np.isnan(mags), np.inf, mags).min(0)
+    hi = np.where(np.isnan(mags), -np.inf, mags).max(0)
+    lo, hi = np.where(np.isfinite(lo), lo, np.nan), np.where(np.isfinite(hi), hi, np.nan)
     for ax, ti in zip(axes, idx, strict=True):
         k = np.arange(1, mu.shape[-1] + 1)
         ax.fill_between(k, lo[ti], hi[ti], color="tab:orange", alpha=0.3, label="measured range")

@@ -29,6 +29,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SpectraError(f"malformed model spec {path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise SpectraError(f"malformed model spec {path}: not UTF-8 text") from None
 
 
 def take(table: dict[str, Any], key: str, kind: type | tuple, where: str, default: Any = ...):
@@ -51,21 +53,26 @@ def check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
         raise SpectraError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def variances_of(table: dict[str, Any], where: str) -> np.ndarray:
-    """`variances = [..]` or `variance_groups = [[value, count], ...]`."""
+    """`variances = [..]` or `variance_groups = [[value, count], ...]` (numbers; integer counts)."""
     if "variances" in table and "variance_groups" in table:
         raise SpectraError(f"{where}: give 'variances' or 'variance_groups', not both")
     if "variance_groups" in table:
         groups = take(table, "variance_groups", list, where)
-        try:
-            return np.concatenate([np.full(int(n), float(v)) for v, n in groups])
-        except (TypeError, ValueError):
-            raise SpectraError(f"{where}: 'variance_groups' must be [[value, count], ...]") from None
+        ok = all(isinstance(g, list) and len(g) == 2 and _number(g[0]) and isinstance(g[1], int)
+                 and not isinstance(g[1], bool) and g[1] >= 1 for g in groups)
+        if not ok or not groups:
+            raise SpectraError(f"{where}: 'variance_groups' must be [[value, count], ...] with "
+                               "integer counts >= 1")
+        return np.concatenate([np.full(n, float(v)) for v, n in groups])
     values = take(table, "variances", list, where)
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SpectraError(f"{where}: 'variances' must be a list of numbers") from None
+    if not all(_number(v) for v in values):
+        raise SpectraError(f"{where}: 'variances' must be a list of numbers")
+    return np.asarray(values, dtype=np.float64)
 
 
 def manifold_from_table(table: dict[str, Any], where: str) -> LinearManifold:
@@ -78,6 +85,8 @@ def manifold_from_table(table: dict[str, Any], where: str) -> LinearManifold:
             take(table, "embedding", str, where, "orthonormal"),
             take(table, "seed", int, where, 0),
         )
+    except SpectraError:
+        raise
     except ValueError as exc:
         raise SpectraError(f"{where}: {exc}") from None
 

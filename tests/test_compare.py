@@ -47,12 +47,20 @@ def _lambdas():
     return load_manifold(demo_spec()).covariance_eigenvalues()
 
 
+TAU = np.geomspace(1.5e-4, 2000, 40)  # log-spaced in tau, ratio 1.52 between neighbours
+
+
+def ve_times(tau):
+    """The demo's ve times (sigma_min 0.01, sigma_max 50) at which sigma^2 = tau."""
+    return np.log(np.sqrt(tau) / 0.01) / np.log(50 / 0.01)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The demo (analytic two-variance manifold, D = 100, m = 40), 3 anchors, a grid fine in tau."""
+    """The demo (analytic two-variance manifold, D = 100, m = 40), 3 anchors, a log-tau grid."""
     path = tmp_path_factory.mktemp("demo") / "run.h5"
-    res = invoke("estimate", "--out", path, "--n-samples", 3, "--n-times", 40, "--t-min", 0.001,
-                 "--quiet")
+    times = ",".join(f"{t:.17g}" for t in ve_times(TAU))
+    res = invoke("estimate", "--out", path, "--n-samples", 3, "--times", times, "--quiet")
     assert res.exit_code == 0, res.output
     return path
 
@@ -83,7 +91,8 @@ def test_compare_theory_on_the_analytic_demo(demo_run, tmp_path):
 
     # phases: measured boundaries within one grid step of the closed forms
     tau = np.array([r["tau"] for r in rows])
-    step = np.max(tau[1:] / tau[:-1])
+    np.testing.assert_allclose(tau, TAU, rtol=1e-9)
+    step = TAU[1] / TAU[0] * (1 + 1e-9)
     lam = _lambdas()
     pred, meas = metrics["phases"]["predicted"], metrics["phases"]["measured"]
     assert pred["trivial_end_tau"] == pytest.approx(lam[0] * (1 - DELTA) / DELTA)
@@ -203,6 +212,55 @@ def network_run(tmp_path_factory):
     return path
 
 
+def test_runs_keeping_k_values_and_unfinished_runs(tmp_path):
+    """--k K < D: values sit at their absolute positions (score keeps the normal end, the
+    denoiser the tangent end); (anchor, time) pairs not done are left out."""
+    times = ",".join(f"{t:.17g}" for t in ve_times(TAU[::3]))
+    full, k80, den = tmp_path / "full.h5", tmp_path / "k80.h5", tmp_path / "den.h5"
+    assert invoke("estimate", "--out", full, "--n-samples", 2, "--times", times, "--quiet").exit_code == 0
+    assert invoke("estimate", "--out", k80, "--n-samples", 2, "--times", times, "--k", 80,
+                  "--quiet").exit_code == 0
+    assert invoke("estimate", "--out", den, "--n-samples", 2, "--times", times, "--k", 10,
+                  "--target", "denoiser", "--quiet").exit_code == 0
+    results = {}
+    for run in (full, k80, den):
+        res = invoke("compare-theory", run, "--out", tmp_path / run.stem)
+        assert res.exit_code == 0, res.output
+        results[run.stem] = json.loads((tmp_path / run.stem / "metrics.json").read_text())
+    for name in ("full", "k80"):
+        rows = results[name]["times"]
+        assert rows[0]["measured_dimension"] == 40 and max(r["spectrum_distance"] for r in rows) < 1e-8
+    assert results["k80"]["phases"]["measured"]["manifold_gap_open_tau"] == \
+        results["full"]["phases"]["measured"]["manifold_gap_open_tau"]
+    assert max(r["spectrum_distance"] for r in results["den"]["times"]) < 1e-8
+    assert invoke("plot", den, "--out", tmp_path / "den-plots").exit_code == 0
+
+    # an unfinished run: anchor 1 not done from time 5 on, its values garbage
+    with h5py.File(full, "r+") as f:
+        f["done"][1, 5:] = False
+        f["singular_values"][1, 5:] = 123.0
+        f.attrs["complete"] = False
+    res = invoke("compare-theory", full, "--out", tmp_path / "partial")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "partial" / "metrics.json").read_text())["times"]
+    assert [r["anchors_done"] for r in rows[4:7]] == [2, 1, 1]
+    assert rows[6]["measured_dimension_per_anchor"][1] is None
+    assert max(r["spectrum_distance"] for r in rows) < 1e-8
+    with h5py.File(full, "r+") as f:
+        f["done"][...] = False
+    assert_one_line_error(invoke("compare-theory", full), "no finished Jacobians")
+
+
+def test_a_grid_that_never_reaches_consolidation(tmp_path):
+    run = tmp_path / "mid.h5"
+    assert invoke("estimate", "--out", run, "--n-samples", 2, "--times", 0.5, "--quiet").exit_code == 0
+    assert invoke("compare-theory", run, "--out", tmp_path / "c").exit_code == 0
+    metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert metrics["phases"]["measured"]["manifold_gap_index"] is None
+    row = metrics["times"][0]
+    assert row["measured_phase"] == row["predicted_phase"] == "manifold coverage"
+
+
 def test_bad_input(network_run, demo_run, tmp_path):
     before = digest(network_run)
     assert_one_line_error(invoke("compare-theory", network_run, "--out", tmp_path / "a"),
@@ -221,6 +279,27 @@ def test_bad_input(network_run, demo_run, tmp_path):
     bad_spec.write_text('kind = "gmm"\nambient_dim = 16\n')
     assert_one_line_error(invoke("theory", "--manifold", bad_spec, "--out", tmp_path / "t.h5"),
                           "gaussian")
+    for body, fragment in [("seed = -1\nvariances = [1.0]", "seed"),
+                           ('variances = ["1", "2"]', "numbers"),
+                           ("variance_groups = [[1.0, 2.7]]", "integer counts")]:
+        bad_spec.write_text(f'kind = "gaussian"\nambient_dim = 100\n{body}\n')
+        for args in (("theory", "--manifold", bad_spec, "--out", tmp_path / "t.h5"),
+                     ("compare-theory", demo_run, "--manifold", bad_spec)):
+            res = invoke(*args)
+            assert_one_line_error(res, fragment)
+            assert res.output.count(str(bad_spec)) == 1, res.output
+    bad_spec.write_bytes(b'kind = "gaussian"\n\xff\xfe\n')
+    assert_one_line_error(invoke("theory", "--manifold", bad_spec, "--out", tmp_path / "t.h5"), "UTF-8")
+    assert_one_line_error(invoke("theory", "--manifold", demo_spec(), "--out",
+                                 tmp_path / "nodir" / "t.h5"), "does not exist")
+    few = tmp_path / "few.npy"
+    np.save(few, np.random.default_rng(0).standard_normal((30, 100)))
+    assert_one_line_error(invoke("compare-theory", demo_run, "--data", few), "30 samples", "D = 100")
+    run_before = digest(demo_run)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_one_line_error(invoke("compare-theory", demo_run, "--out", afile / "sub"), "output folder")
+    assert digest(demo_run) == run_before
     assert digest(network_run) == before
 
 

@@ -7,7 +7,6 @@ from conftest import rel_err
 
 from spectra import analysis
 from spectra.theory.gaps import gap_visibility, intermediate_gap_width
-from spectra.theory.linear import linear_manifold_eigenvalues, linear_manifold_singular_values
 from spectra.theory.manifold import LinearManifold
 from spectra.theory.prediction import LinearTheory
 from spectra.theory.random_matrix import bulks, solve_stieltjes
@@ -35,11 +34,14 @@ def test_exact_finite_d_eigenvalues_for_both_embeddings():
         exact = -TAU[:, None] / (eigs[None] + TAU[:, None])
         assert rel_err(mu, exact) < 1e-13
         assert np.all(np.diff(mu, axis=1) <= 0)
-        # the three targets, raw, at a VP-like point (alpha, sigma) = (0.8, 0.6)
-        for target in ("score", "denoiser", "eps"):
-            sv = theory.singular_values([0.8], [0.6], target)[0]
-            ev = linear_manifold_eigenvalues(eigs[:25], 60, 0.8, 0.6, target)
-            assert rel_err(sv, np.sort(np.abs(ev))[::-1]) < 1e-13
+        # the three targets, raw, at a VP-like point (alpha, sigma) = (0.8, 0.6): theory.md 3.2
+        a, s, lam = 0.8, 0.6, eigs[:25]
+        forms = {"score": (1 / (a**2 * lam + s**2), 1 / s**2),
+                 "denoiser": (lam / (lam + s**2 / a**2) / a, 0.0),
+                 "eps": (s / (a**2 * lam + s**2), 1 / s)}
+        for target, (tangent, normal) in forms.items():
+            exact = np.sort(np.r_[tangent, np.full(35, normal)])[::-1]
+            assert rel_err(theory.singular_values([a], [s], target)[0], exact) < 1e-13
 
 
 def test_density_is_the_silverstein_law_mapped_to_mu():
@@ -109,24 +111,51 @@ def test_finite_d_gaps_agree_with_random_matrix_edges_at_d4000():
 
 
 def test_normalized_spectrum_of_each_target():
-    v = np.r_[np.full(5, 1.0), np.full(5, 0.1)]
+    """Singular values written out from theory.md 3.2 for each target map to the normalized
+    eigenvalues -tau/(lambda + tau) (tangent) and -1 (normal)."""
+    lam = np.r_[np.full(5, 1.0), np.full(5, 0.1)]
     alpha, sigma = np.array([0.9, 0.3]), np.array([0.4359, 0.9539])
-    exact = np.stack([linear_manifold_eigenvalues(v, 30, a, s, "normalized")
-                      for a, s in zip(alpha, sigma, strict=True)])
-    for target in ("score", "denoiser", "eps"):
-        sv = np.stack([linear_manifold_singular_values(v, 30, a, s, target)
-                       for a, s in zip(alpha, sigma, strict=True)])
-        mu = analysis.normalized_spectrum(sv[None], target, alpha, sigma)[0]
-        assert rel_err(mu, exact) < 1e-13, target
+    rows = {"score": [], "denoiser": [], "eps": []}
+    exact = []
+    for a, s in zip(alpha, sigma, strict=True):
+        tau = s**2 / a**2
+        exact.append(np.sort(np.r_[-tau / (lam + tau), -np.ones(20)])[::-1])
+        rows["score"].append(np.r_[1 / (a**2 * lam + s**2), np.full(20, 1 / s**2)])
+        rows["denoiser"].append(np.r_[lam / (lam + tau) / a, np.zeros(20)])
+        rows["eps"].append(np.r_[s / (a**2 * lam + s**2), np.full(20, 1 / s)])
+    for target, sv in rows.items():
+        mu = analysis.normalized_spectrum(np.array(sv)[None], target, alpha, sigma)[0]
+        assert rel_err(mu, np.array(exact)) < 1e-13, target
+    # K < D: the kept values land at their absolute positions
+    sv = np.sort(np.array(rows["score"]), axis=1)[:, ::-1][:, :22]
+    mu = analysis.normalized_spectrum(sv[None], "score", alpha, sigma, dim=30)[0]
+    assert np.isnan(mu[:, :8]).all() and rel_err(mu[:, 8:], np.array(exact)[:, 8:]) < 1e-13
+    sv = np.sort(np.array(rows["denoiser"]), axis=1)[:, ::-1][:, :4]
+    mu = analysis.normalized_spectrum(sv[None], "denoiser", alpha, sigma, dim=30)[0]
+    assert np.isnan(mu[:, 4:]).all() and rel_err(mu[:, :4], np.array(exact)[:, :4]) < 1e-13
 
 
 def test_dimension_and_distance():
     mu = np.array([[-0.01, -0.02, -0.9, -1, -1], [-0.9, -0.95, -0.96, -1, -1]])
     np.testing.assert_array_equal(analysis.dimension(mu, 0.1), [2, -1])
-    assert analysis.spectrum_distance(mu[0], mu[0][::-1]) == 0
+    assert analysis.spectrum_distance(mu[0], mu[0]) == 0
     assert analysis.spectrum_distance(mu[0], mu[0] - 0.1) == pytest.approx(0.1)
-    with_nan = np.r_[mu[0][:3], np.nan, np.nan]
-    assert analysis.spectrum_distance(with_nan, mu[0]) == pytest.approx(0)
+    with_nan = np.r_[np.nan, np.nan, mu[0][2:]]
+    assert analysis.spectrum_distance(with_nan, mu[0] + np.r_[5, 5, 0, 0, 0]) == pytest.approx(0)
+    assert np.isnan(analysis.spectrum_distance(np.full(5, np.nan), mu[0]))
+    assert analysis.dimension(np.r_[np.nan, np.nan, -0.01, -1, -1], 0.1) == 3
+    assert analysis.dimension(np.array([-0.5]), 0.1) == -1
+
+
+def test_measured_trivial_phase_is_two_sided_and_manifold_gap_needs_the_normal_cluster():
+    tau = np.array([1.0])
+    assert analysis.measured_phases(tau, np.array([[-0.95, -1.5, -2.0]]), 0.1)["trivial_end_tau"] is None
+    assert analysis.measured_phases(tau, np.array([[-0.95, -1.0, -1.05]]), 0.1)["trivial_end_tau"] == 1.0
+    # a visible gap with values far from -1 below it is intermediate, not the manifold gap
+    ph = analysis.measured_phases(tau, np.array([[-0.1, -0.5, -0.6, -0.8]]), 0.1)
+    assert ph["manifold_gap_index"] is None and [g["index"] for g in ph["intermediate_gaps"]] == [1, 3]
+    ph = analysis.measured_phases(tau, np.array([[-0.1, -0.5, -1.0, -1.0]]), 0.1)
+    assert ph["manifold_gap_index"] == 2 and [g["index"] for g in ph["intermediate_gaps"]] == [1]
 
 
 def test_measured_phases_of_the_exact_spectrum_fall_within_one_grid_step():

@@ -53,6 +53,8 @@ class LinearManifold:
             )
         if np.any(~np.isfinite(v)) or np.any(v <= 0):
             raise ValueError("tangent variances must be positive and finite")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {self.embedding!r} (expected orthonormal or gaussian)")
 
