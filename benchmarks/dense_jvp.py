@@ -6,7 +6,10 @@ per-direction finite-difference loop (one perturbed evaluation at a time, as the
 algorithms are usually coded). All three run in one process on the same net and point.
 
     python benchmarks/dense_jvp.py [--device cpu|cuda] [--size 16] [--dtype float32|float64]
-                                   [--widths 8,32]
+                                   [--widths 8,32] [--net conv|unet]
+
+--net unet runs the same comparison on the small U-Net of tests/assets/unet.py (widths 8 and 16
+fit its GroupNorm groups).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import torch
 from common import environment, interleaved, write
@@ -40,12 +44,21 @@ class SmallConvNet(torch.nn.Module):
         return self.c3(h)
 
 
-def measure(width: int, shape: tuple[int, ...], dtype, device, batch_size: int, repeats: int,
-            fd_repeats: int) -> dict:
+def build(kind: str, width: int, size: int) -> torch.nn.Module:
+    if kind == "unet":
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "assets"))
+        from unet import unet
+
+        return unet(size, width)
+    return SmallConvNet(width=width)
+
+
+def measure(kind: str, width: int, shape: tuple[int, ...], dtype, device, batch_size: int,
+            repeats: int, fd_repeats: int) -> dict:
     """The three timings for one net, interleaved, and their ratios."""
     torch.manual_seed(0)
     dim = math.prod(shape)
-    net = SmallConvNet(width=width).to(device=device, dtype=dtype).eval()
+    net = build(kind, width, shape[-1]).to(device=device, dtype=dtype).eval()
     model = NetworkScoreModel(net, Schedule("ve"), "eps", shape=shape)
     t = 0.5
     x = torch.randn(1, *shape, device=device, dtype=dtype)
@@ -75,7 +88,7 @@ def measure(width: int, shape: tuple[int, ...], dtype, device, batch_size: int, 
         {"forward_D_batched": repeats, "dense_jvp": repeats, "fd_loop_per_direction": fd_repeats},
         device,
     )
-    out = {"net": f"SmallConvNet(width={width})",
+    out = {"net": f"{type(net).__name__}(width={width})",
            "parameters": sum(p.numel() for p in net.parameters()), **res}
     for stat in ("median_s", "min_s"):
         out[f"ratio_jvp_over_forward_{stat[:-2]}"] = (
@@ -93,6 +106,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--widths", default="8,32")
+    parser.add_argument("--net", default="conv", choices=["conv", "unet"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--fd-repeats", type=int, default=5)
@@ -101,8 +115,8 @@ def main() -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = (3, args.size, args.size)
     dim = math.prod(shape)
-    nets = [measure(int(w), shape, dtype, device, args.batch_size, args.repeats, args.fd_repeats)
-            for w in args.widths.split(",")]
+    nets = [measure(args.net, int(w), shape, dtype, device, args.batch_size, args.repeats,
+                    args.fd_repeats) for w in args.widths.split(",")]
     result = {
         "benchmark": "dense_jvp",
         "command": "python benchmarks/dense_jvp.py " + " ".join(sys.argv[1:]),
@@ -112,7 +126,8 @@ def main() -> None:
         "goals": {"ratio_jvp_over_forward_max": 1.5, "ratio_fd_loop_over_jvp_min": 10.0},
         "nets": nets,
     }
-    path = write(f"dense_jvp_{device.type}_{args.dtype}_D{dim}", result)
+    prefix = "dense_jvp" if args.net == "conv" else "dense_jvp_unet"
+    path = write(f"{prefix}_{device.type}_{args.dtype}_D{dim}", result)
     for net in nets:
         print(f"{net['net']}: forward floor {net['forward_D_batched']['median_s']:.4f} s, "
               f"dense jvp {net['dense_jvp']['median_s']:.4f} s, "

@@ -49,6 +49,20 @@ def summary(path: str) -> dict[str, Any]:
         "first_time_sv_range": _range(first),
         "last_time_sv_range": _range(last),
         "theory": any(name.startswith("theory/") for name in run.arrays),
+        **_topk_summary(run),
+    }
+
+
+def _topk_summary(run) -> dict[str, Any]:
+    """Certificates and product counts of a top-k run (empty for dense runs)."""
+    if "residuals" not in run:
+        return {}
+    done = run["done"]
+    rel = run["residuals"][done] / run["singular_values"][done]
+    products = (run["jvp_products"] + run["vjp_products"])[done]
+    return {
+        "max_residual_over_value": _nanmax(rel) if rel.size else None,
+        "products_per_jacobian": [float(products.min()), float(products.max())] if products.size else None,
     }
 
 
@@ -86,6 +100,10 @@ def describe(info: dict[str, Any]) -> str:
             lines.append(f"  {label:<11} singular values in [{rng[0]:.4g}, {rng[1]:.4g}]")
     if info["max_asymmetry"] is not None:
         lines.append(f"  asymmetry   max ||J - J^T||_F / ||J||_F = {info['max_asymmetry']:.2e}")
+    if info.get("max_residual_over_value") is not None:
+        lo, hi = info["products_per_jacobian"]
+        lines.append(f"  top-k       max residual / value = {info['max_residual_over_value']:.2e}; "
+                     f"{lo:.0f} to {hi:.0f} JVPs + VJPs per Jacobian")
     if info["theory"]:
         lines.append("  theory      predictions stored (compare-theory)")
     return "\n".join(lines)

@@ -81,9 +81,13 @@ def cli() -> None:
               help="Log-spaced grid size.")
 @click.option("--t-min", type=float, default=None, help="Grid start [default: schedule's].")
 @click.option("--t-max", type=float, default=None, help="Grid end [default: schedule's].")
-@click.option("--target", type=click.Choice(TARGETS), default="score", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default=None,
+              help="Jacobian of which prediction [default: score; denoiser for --method topk].")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
-@click.option("--k", type=int, default=None, help="Values kept per Jacobian [default: all D].")
+@click.option("--k", type=int, default=None,
+              help="Values kept per Jacobian [default: all D; 16 for --method topk].")
+@click.option("--tol", type=float, default=1e-6, show_default=True,
+              help="Top-k: relative residual at which a singular value counts as converged.")
 @click.option("--at", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
               help="Evaluate at alpha x0 (clean) or alpha x0 + sigma eps (noisy).")
 @click.option("--step", default="auto", show_default=True,

@@ -30,6 +30,7 @@ from spectra.jacobian.methods import (
     haar_directions,
     jacobian_spectra,
     probe_method,
+    topk_at,
 )
 from spectra.models.base import ScoreModel
 from spectra.models.parameterization import TARGETS
@@ -39,6 +40,7 @@ from spectra.schedules import Schedule
 _SEED_ANCHORS, _SEED_NOISE, _SEED_DIRECTIONS = 0, 1, 2
 DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
+DEFAULT_TOPK = 16
 _BATCH_BUDGET_BYTES = 2**28
 
 
@@ -53,9 +55,10 @@ class EstimateOptions:
     n_times: int = DEFAULT_N_TIMES
     t_min: float | None = None
     t_max: float | None = None
-    target: str = "score"
+    target: str | None = None
     method: str = "auto"
     k: int | None = None
+    tol: float = 1e-6
     at: str = "clean"
     step: str = "auto"
     directions: str = "basis"
@@ -67,6 +70,14 @@ class EstimateOptions:
     schedule: str | None = None
     parameterization: str | None = None
     shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Defaults that depend on the method: top-k targets the denoiser (its largest values
+        carry the tangent directions, theory.md 2) and keeps 16 values."""
+        if self.target is None:
+            self.target = "denoiser" if self.method == "topk" else "score"
+        if self.k is None and self.method == "topk":
+            self.k = DEFAULT_TOPK
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -174,6 +185,10 @@ def _validate(opts: EstimateOptions) -> None:
         raise SpectraError("--dtype must be float32 or float64")
     if opts.k is not None and opts.k < 1:
         raise SpectraError(f"--k must be at least 1, got {opts.k}")
+    if not 0 < opts.tol < 1:
+        raise SpectraError(f"--tol must be between 0 and 1, got {opts.tol}")
+    if opts.method == "topk" and opts.directions != "basis":
+        raise SpectraError("--directions haar applies to dense methods, not --method topk")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
     parse_step(opts.step)
@@ -231,6 +246,8 @@ def estimate(
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    if opts.method == "topk" and opts.k > dim:
+        raise SpectraError(f"--k {opts.k} exceeds D = {dim}")
     if old_attrs is not None:
         method_used = old_attrs["method_used"]
     elif opts.method == "auto":
@@ -257,6 +274,8 @@ def estimate(
             "step": str(step),
             "directions": opts.directions,
             "k": k,
+            "tolerances": {"tol": opts.tol} if opts.method == "topk" else {},
+            "block_size": _block_size(k) if opts.method == "topk" else None,
             "batch_size": batch_size,
             "torch_version": torch.__version__,
             "tf32": tf32,
@@ -264,8 +283,11 @@ def estimate(
         }
         grid = {"t": times, "alpha": alpha, "sigma": sigma, "tau": schedule.tau(times)}
         points_shape = (len(x0), len(times), *shape) if opts.save_points else None
-        store.create(out, attrs, grid, x0, k, points_shape)
+        store.create(out, attrs, grid, x0, k, points_shape, residuals=method_used == "topk")
 
+    if method_used == "topk":
+        _run_topk(out, model, x0_t, times, alpha, sigma, opts, k, batch_size, progress)
+        return out
     per_chunk = max(1, batch_size // dim)
     with store.TrajectoryWriter(out) as writer:
         done = writer.done
@@ -307,6 +329,66 @@ def estimate(
         bar.close()
         writer.finish()
     return out
+
+
+def _block_size(k: int) -> int:
+    """Vectors per block of the top-k method: k, between 4 and 32."""
+    return int(min(32, max(4, k)))
+
+
+def _run_topk(
+    out: Path, model: ScoreModel, x0: torch.Tensor, times: np.ndarray, alpha: np.ndarray,
+    sigma: np.ndarray, opts: EstimateOptions, k: int, batch_size: int, progress: bool,
+) -> None:
+    """Top-k spectra, chunk of anchors by chunk, times in order within a chunk: the right singular
+    vectors at one time start the next time's block (the rest of each start block is random,
+    keyed by (seed, anchor, time)). A chunk interrupted part-way is replayed from its first time
+    on resume (without rewriting what is done), so the warm starts, hence the values, are those of
+    an uninterrupted run."""
+    dim = math.prod(x0.shape[1:])
+    b = _block_size(k)
+    per_chunk = max(1, batch_size // b)
+    with store.TrajectoryWriter(out) as writer:
+        done = writer.done
+        bar = tqdm(total=done.size, initial=int(done.sum()), disable=not progress or None,
+                   unit="jac", desc="spectra topk", leave=False)
+        for start in range(0, len(x0), per_chunk):
+            idx = np.arange(start, min(start + per_chunk, len(x0)))
+            if done[idx].all():
+                continue
+            warm = None
+            for ti, t in enumerate(times):
+                block = np.stack([_rng(opts.seed, _SEED_DIRECTIONS, int(n), ti).standard_normal((dim, b))
+                                  for n in idx])
+                block = torch.as_tensor(block, dtype=x0.dtype, device=x0.device)
+                if warm is not None:
+                    block[:, :, : warm.shape[-1]] = warm
+                points = _points(x0[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
+                tick = time.perf_counter()
+                try:
+                    res = topk_at(model, points, float(t), opts.target, k, opts.tol, batch_size,
+                                  block_size=b, start=block)
+                except SpectraError:
+                    raise
+                except Exception as exc:  # the model lacks forward- or reverse-mode AD
+                    raise SpectraError(
+                        f"method topk failed on the model at t={t:g}: {type(exc).__name__}: "
+                        f"{first_line(exc)} (top-k needs JVPs and VJPs)"
+                    ) from exc
+                warm = res.right_vectors
+                if done[idx, ti].all():
+                    continue
+                values = {
+                    "singular_values": res.singular_values, "residuals": res.residuals,
+                    "seconds": np.full(len(idx), (time.perf_counter() - tick) / len(idx)),
+                    "jvp_products": res.n_jvp.astype(np.float64),
+                    "vjp_products": res.n_vjp.astype(np.float64),
+                }
+                saved = points.cpu().numpy() if opts.save_points else None
+                writer.write(idx, ti, values, saved)
+                bar.update(len(idx))
+        bar.close()
+        writer.finish()
 
 
 def _preflight(

@@ -26,6 +26,8 @@ FORMAT_VERSION = 1
 #: datasets of shape (N, T, K) and (N, T) holding per-(anchor, time) results
 VALUE_DATASETS = ("singular_values", "sym_eigenvalues", "residuals")
 SCALAR_DATASETS = ("asymmetry", "seconds")
+#: (N, T) product counts of the top-k method (NaN where not computed)
+PRODUCT_DATASETS = ("jvp_products", "vjp_products")
 
 
 def _encode(value: Any) -> Any:
@@ -92,7 +94,7 @@ def create(
         x0: the anchors (N, *shape).
         k: K, the number of values kept per (anchor, time).
         points_shape: (N, T, *shape) to keep the evaluation points, or None.
-        residuals: whether to allocate `residuals` (top-k methods).
+        residuals: whether to allocate `residuals` and the product counts (top-k methods).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -117,7 +119,7 @@ def _write_new(tmp: Path, attrs, grid, x0, k, points_shape, residuals) -> None:
         names = VALUE_DATASETS if residuals else VALUE_DATASETS[:2]
         for name in names:
             f.create_dataset(name, data=np.full((n, t, k), np.nan))
-        for name in SCALAR_DATASETS:
+        for name in SCALAR_DATASETS + (PRODUCT_DATASETS if residuals else ()):
             f.create_dataset(name, data=np.full((n, t), np.nan))
         f.create_dataset("done", data=np.zeros((n, t), dtype=bool))
         if points_shape is not None:

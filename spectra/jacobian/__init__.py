@@ -10,12 +10,14 @@ from spectra.jacobian.methods import (
     jacobian_spectra,
     probe_method,
     spectra_at,
+    topk_at,
 )
 from spectra.jacobian.operators import (
     AutodiffJacobian,
     FiniteDifferenceJacobian,
     JacobianOperator,
 )
+from spectra.jacobian.topk import TopKResult, topk_svd
 
 __all__ = [
     "METHODS",
@@ -32,4 +34,7 @@ __all__ = [
     "jacobian_spectra",
     "probe_method",
     "spectra_at",
+    "TopKResult",
+    "topk_at",
+    "topk_svd",
 ]

@@ -3,7 +3,8 @@
 Methods: `jvp` (forward mode), `vjp` (reverse mode), `fd-forward`, `fd-central` (step `auto`,
 `sigma` or a number; perturbations of unit-norm directions times the step), and `auto`, which
 probes forward mode on one product and falls back to reverse mode, then to central differences,
-when the model does not support it. The method that ran is reported.
+when the model does not support it. The method that ran is reported. `topk` (top-k singular
+values without a dense Jacobian, topk.py) is run by topk_at.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import torch
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.operators import AutodiffJacobian, FiniteDifferenceJacobian
+from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
 
-METHODS = ("auto", "jvp", "vjp", "fd-forward", "fd-central")
+METHODS = ("auto", "jvp", "vjp", "fd-forward", "fd-central", "topk")
+#: methods that build dense D x D Jacobians
+DENSE_METHODS = METHODS[1:5]
 
 
 def finite_difference_step(
@@ -100,7 +104,28 @@ def jacobian_at(
         h = finite_difference_step(step, points, sigma, scheme)
         op = FiniteDifferenceJacobian(fn, points, batch_size, h, scheme)
         return dense_jacobian(op, directions)
-    raise SpectraError(f"unknown method {method!r} (expected one of {', '.join(METHODS[1:])})")
+    raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
+
+
+def topk_at(
+    model: ScoreModel,
+    points: torch.Tensor,
+    t: float,
+    target: str,
+    k: int,
+    tol: float = 1e-6,
+    batch_size: int = 256,
+    block_size: int | None = None,
+    start: torch.Tensor | None = None,
+) -> TopKResult:
+    """The k largest singular values of `target`'s Jacobian at `points` (N, *shape), time t, by
+    block Golub–Kahan–Lanczos on exact JVPs and VJPs, each value with its residual certificate.
+    Raises SpectraError naming t when the model produces non-finite products."""
+    op = AutodiffJacobian(_target_fn(model, t, target), points, batch_size)
+    result = topk_svd(op, k, tol=tol, block_size=block_size, start=start)
+    if not (np.all(np.isfinite(result.singular_values)) and np.all(np.isfinite(result.residuals))):
+        raise SpectraError(f"top-k products are NaN or infinite at t={t:g}")
+    return result
 
 
 def evaluate_checked(

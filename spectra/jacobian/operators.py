@@ -14,9 +14,11 @@ Algorithms (dense spectra, top-k) take operators and never look inside them.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.func import jvp, vjp, vmap
 
@@ -36,6 +38,13 @@ class JacobianOperator(ABC):
         self.dim = points[0].numel()
         self.batch_size = max(1, int(batch_size))
         self.n_products = 0
+
+    def subset(self, idx: np.ndarray) -> JacobianOperator:
+        """The same operator restricted to the points self.points[idx]."""
+        new = copy.copy(self)
+        new.points = self.points[torch.as_tensor(idx, device=self.points.device)]
+        new.n_products = 0
+        return new
 
     @property
     def n_points(self) -> int:
@@ -139,3 +148,9 @@ class FiniteDifferenceJacobian(JacobianOperator):
         if self._base is None:
             self._base = self.fn(self.points)
         return (plus - self._base[pts, None]) / h
+
+    def subset(self, idx: np.ndarray) -> FiniteDifferenceJacobian:
+        new = super().subset(idx)
+        new.step = self.step[torch.as_tensor(idx, device=self.step.device)]
+        new._base = None
+        return new
