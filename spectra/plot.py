@@ -26,6 +26,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _finish_tau_axes(fig: Figure, ax, path: Path, ylabel: str, title: str) -> Path:
+    """Log tau axis, a [0, 1] normalized y axis, the legend outside on the right; save."""
+    ax.set_xscale("log")
+    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(title.strip())
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def figure_times(tau: np.ndarray, count: int = 4) -> np.ndarray:
     """Indices of up to `count` grid times spread evenly in log tau."""
     logt = np.log(tau)
@@ -105,15 +118,8 @@ def trajectories(
     ax.plot([], [], color=cmap(0.5), lw=0.9, label="measured (median over anchors)")
     _phase_lines(ax, predicted_phases, "-", "theory")
     _phase_lines(ax, measured_phases, ":", "measured")
-    ax.set_xscale("log")
-    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
-    ax.set_ylabel("normalized singular value |mu| (sigma^2 J_score)")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title(f"Normalized spectrum over diffusion time {label}".strip())
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_tau_axes(fig, ax, path, "normalized singular value |mu| (sigma^2 J_score)",
+                            f"Normalized spectrum over diffusion time {label}")
 
 
 def gap_width_curves(
@@ -135,12 +141,5 @@ def gap_width_curves(
             pred = gap_widths(predicted[order])
             ax.plot(tau, pred[:, p - 1], "-", color=color, lw=1.2, label=f"gap at index {p}: theory")
     ax.axhline(delta, color="black", ls="--", lw=1, label=f"resolution Delta = {delta:g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
-    ax.set_ylabel("gap width (normalized units)")
-    ax.set_ylim(-0.02, 1.05)
-    ax.set_title(f"Spectral gaps over diffusion time {label}".strip())
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_tau_axes(fig, ax, path, "gap width (normalized units)",
+                            f"Spectral gaps over diffusion time {label}")
