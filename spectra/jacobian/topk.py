@@ -75,8 +75,10 @@ def topk_svd(
     Args:
         op: the operator (needs matmat and rmatmat).
         k: number of values, 1 <= k <= D.
-        tol: relative residual at which a value counts as converged.
-        block_size: b, vectors per block [default: k + 8, at most D].
+        tol: relative residual at which a value counts as converged (values below sqrt(eps)
+            times the largest are held to that floor instead).
+        block_size: b, vectors per block [default: k + 8, at most D]. With b < k a cluster of
+            more than b equal values can be misranked (each certificate stays true).
         max_products: budget of JVPs plus VJPs per point [default: 2 D].
         start: (N, D, k0) vectors to start from (e.g. the previous time's right vectors).
         generator: torch generator for the random part of the start block.
@@ -113,7 +115,9 @@ def topk_svd(
         x, s, yt = torch.linalg.svd(t)
         kk = min(k, s.shape[-1])
         est = torch.linalg.vector_norm(b_mat @ x[:, -b:, :kk], dim=1)  # (n_active, kk)
-        done_now = (kk == k) & (est <= tol * s[:, :kk]).all(1)
+        # relative to each value, with a floor sqrt(eps) s_1 so exact zeros (rank < k) converge
+        floor = s[:, :1] * torch.finfo(dtype).eps ** 0.5
+        done_now = (kk == k) & (est <= tol * torch.maximum(s[:, :kk], floor)).all(1)
         spent = n_jvp[active] + n_vjp[active]
         out_of_budget = torch.as_tensor(spent + 2 * b + 2 * k > budget, device=device)
         finish = (done_now | out_of_budget | (big_v.shape[-1] + b > d)).cpu().numpy()
