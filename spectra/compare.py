@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from spectra import analysis, plot, store
@@ -154,16 +152,8 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
                                      "phases": json.dumps(phases["predicted"])})
 
     label = f"({run.name}, {target}; theory: {source['source']})"
-    gap_indices = sorted({g["index"] for g in phases["predicted"]["intermediate_gaps"]}
-                         | {g["index"] for g in phases["measured"]["intermediate_gaps"]}
-                         | {p for p in (phases["predicted"]["manifold_gap_index"],
-                                        phases["measured"]["manifold_gap_index"]) if p})
-    figures = [
-        plot.spectra_at_times(out / "spectrum.png", tau, mu, predicted, label),
-        plot.trajectories(out / "trajectories.png", tau, median, predicted, phases["predicted"],
-                          phases["measured"], label),
-        plot.gap_width_curves(out / "gaps.png", tau, median, delta, gap_indices, predicted, label),
-    ]
+    figures = _figures(out, tau, mu, median, delta, phases["measured"], label, predicted,
+                       phases["predicted"])
     metrics["figures"] = [f.name for f in figures]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return Comparison(metrics, arrays, figures)
@@ -181,13 +171,22 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None,
     mu, _ = measured_spectrum(traj)
     median = analysis.median_spectrum(mu)
     measured = analysis.measured_phases(tau, median, delta)
-    indices = sorted({g["index"] for g in measured["intermediate_gaps"]}
-                     | ({measured["manifold_gap_index"]} if measured["manifold_gap_index"] else set()))
-    label = f"({run.name}, {target})"
+    return _figures(out, tau, mu, median, delta, measured, f"({run.name}, {target})")
+
+
+def _figures(out: Path, tau: np.ndarray, mu: np.ndarray, median: np.ndarray, delta: float,
+             measured_phases: dict, label: str, predicted: np.ndarray | None = None,
+             predicted_phases: dict | None = None) -> list[Path]:
+    """spectrum.png, trajectories.png and gaps.png (the gaps drawn: every intermediate and
+    manifold gap either side found), with the theory when `predicted` is given."""
+    found = [measured_phases] + ([predicted_phases] if predicted_phases else [])
+    indices = sorted({g["index"] for ph in found for g in ph["intermediate_gaps"]}
+                     | {ph["manifold_gap_index"] for ph in found if ph["manifold_gap_index"]})
     return [
-        plot.spectra_at_times(out / "spectrum.png", tau, mu, None, label),
-        plot.trajectories(out / "trajectories.png", tau, median, None, None, measured, label),
-        plot.gap_width_curves(out / "gaps.png", tau, median, delta, indices, None, label),
+        plot.spectra_at_times(out / "spectrum.png", tau, mu, predicted, label),
+        plot.trajectories(out / "trajectories.png", tau, median, predicted, predicted_phases,
+                          measured_phases, label),
+        plot.gap_width_curves(out / "gaps.png", tau, median, delta, indices, predicted, label),
     ]
 
 
@@ -227,23 +226,17 @@ def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str
     """Replace the run file's theory/ group atomically: copy every other object and attribute into
     a new file beside it, add the group, and rename it over the run. A crash at any point leaves
     the run as it was (and at most a stray temporary file)."""
-    tmp = run.with_name(run.name + ".theory.tmp")
-    try:
-        with store.open_checked(run) as src, h5py.File(tmp, "w") as dst:
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
-            for name in src:
-                if name != "theory":
-                    src.copy(src[name], dst, name=name)
-            group = dst.create_group("theory")
-            for name, arr in arrays.items():
-                group.create_dataset(name, data=arr)
-            for key, value in attrs.items():
-                group.attrs[key] = value
-        os.replace(tmp, run)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with store.open_checked(run) as src, store.atomic_h5(run, ".theory.tmp") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in src:
+            if name != "theory":
+                src.copy(src[name], dst, name=name)
+        group = dst.create_group("theory")
+        for name, arr in arrays.items():
+            group.create_dataset(name, data=arr)
+        for key, value in attrs.items():
+            group.attrs[key] = value
 
 
 def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: float = 1e3,
@@ -264,19 +257,13 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
     theory = LinearTheory.from_manifold(load_manifold(manifold))
     tau = np.geomspace(tau_min, tau_max, n_tau)
     grid = density_grid(n_grid)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": THEORY_FORMAT, "format_version": 1, "manifold": str(manifold),
-                            "resolution": delta, "phases": json.dumps(theory.phases(delta)),
-                            "description": json.dumps(theory.description)})
-            f["tau"] = tau
-            f["eigenvalues"] = theory.eigenvalues(tau)
-            f["density_grid"] = grid
-            f["density"] = theory.density(tau, grid)
-            f["atom"] = theory.atom(tau)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with store.atomic_h5(out) as f:
+        f.attrs.update({"format": THEORY_FORMAT, "format_version": 1, "manifold": str(manifold),
+                        "resolution": delta, "phases": json.dumps(theory.phases(delta)),
+                        "description": json.dumps(theory.description)})
+        f["tau"] = tau
+        f["eigenvalues"] = theory.eigenvalues(tau)
+        f["density_grid"] = grid
+        f["density"] = theory.density(tau, grid)
+        f["atom"] = theory.atom(tau)
     return out

@@ -236,6 +236,8 @@ def estimate(
     x0 = anchors(model, opts)
     shape = tuple(x0.shape[1:])
     dim = math.prod(shape)
+    if opts.method == "topk" and opts.k > dim:
+        raise SpectraError(f"--k {opts.k} exceeds D = {dim}")
     device = _device(opts.device)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
@@ -247,8 +249,6 @@ def estimate(
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
-    if opts.method == "topk" and opts.k > dim:
-        raise SpectraError(f"--k {opts.k} exceeds D = {dim}")
     if old_attrs is not None:
         method_used = old_attrs["method_used"]
     elif opts.method == "auto":

@@ -131,14 +131,14 @@ def gap_width_curves(
     order = np.argsort(tau)
     tau = tau[order]
     measured = gap_widths(median_mu[order])
+    pred = gap_widths(predicted[order]) if predicted is not None else None
     fig = Figure(figsize=FIGSIZE)
     ax = fig.subplots()
     cmap = colormaps["tab10"]
     for n, p in enumerate(indices):
         color = cmap(n % 10)
         ax.plot(tau, measured[:, p - 1], "o", ms=4, color=color, label=f"gap at index {p}: measured")
-        if predicted is not None:
-            pred = gap_widths(predicted[order])
+        if pred is not None:
             ax.plot(tau, pred[:, p - 1], "-", color=color, lw=1.2, label=f"gap at index {p}: theory")
     ax.axhline(delta, color="black", ls="--", lw=1, label=f"resolution Delta = {delta:g}")
     return _finish_tau_axes(fig, ax, path, "gap width (normalized units)",

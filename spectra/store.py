@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,22 @@ def open_checked(path: str | Path, mode: str = "r") -> h5py.File:
     return f
 
 
+@contextmanager
+def atomic_h5(path: str | Path, suffix: str = ".tmp") -> Iterator[h5py.File]:
+    """A new HDF5 file written under a temporary name beside `path` and renamed over it when the
+    block ends; on any error (or interrupt) the temporary file is removed and `path` is left as
+    it was."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def create(
     path: str | Path,
     attrs: dict[str, Any],
@@ -96,19 +114,8 @@ def create(
         points_shape: (N, T, *shape) to keep the evaluation points, or None.
         residuals: whether to allocate `residuals` and the product counts (top-k methods).
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        _write_new(tmp, attrs, grid, x0, k, points_shape, residuals)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-def _write_new(tmp: Path, attrs, grid, x0, k, points_shape, residuals) -> None:
     n, t = len(x0), len(grid["t"])
-    with h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
         for key, value in attrs.items():
             f.attrs[key] = _encode(value)

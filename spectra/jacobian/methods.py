@@ -19,6 +19,7 @@ from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.operators import AutodiffJacobian, FiniteDifferenceJacobian
 from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
+from spectra.theory.manifold import random_orthonormal
 
 METHODS = ("auto", "jvp", "vjp", "fd-forward", "fd-central", "topk")
 #: methods that build dense D x D Jacobians
@@ -70,8 +71,7 @@ def probe_method(model: ScoreModel, point: torch.Tensor, t: float, target: str) 
 
 def haar_directions(dim: int, rng: np.random.Generator) -> np.ndarray:
     """A Haar-distributed D x D orthogonal matrix (QR of a Gaussian matrix with sign fix)."""
-    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
-    return q * np.sign(np.diag(r))[None, :]
+    return random_orthonormal(dim, dim, rng)
 
 
 def _target_fn(model: ScoreModel, t: float, target: str):
