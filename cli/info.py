@@ -34,6 +34,7 @@ def summary(path: str) -> dict[str, Any]:
         "target": a.get("target"),
         "method": a.get("method"),
         "method_used": a.get("method_used"),
+        "autodiff": json.loads(a.get("autodiff") or "{}"),
         "at": a.get("at"),
         "dtype": a.get("dtype"),
         "device": a.get("device"),
@@ -76,10 +77,21 @@ def _range(values: np.ndarray) -> list[float] | None:
     return [float(np.nanmin(values)), float(np.nanmax(values))]
 
 
+def _autodiff_line(path: dict[str, Any]) -> list[str]:
+    """How the products were taken, when autodiff ran (none for finite differences)."""
+    if path.get("engine", "none") == "none":
+        return []
+    line = f"  autodiff    {path['engine']}, context {path['context']}"
+    if path.get("tried"):
+        line += f" (after {len(path['tried'])} failed path(s): {path['tried'][0]['error'][:80]})"
+    return [line]
+
+
 def describe(info: dict[str, Any]) -> str:
     """Human-readable lines."""
     sched = info["schedule"]
-    consts = ", ".join(f"{k}={v:g}" for k, v in sched.items() if k != "name")
+    consts = ", ".join(f"{k}={v:g}" if not isinstance(v, list) else f"{k}: table of {len(v)}"
+                       for k, v in sched.items() if k != "name")
     status = "complete" if info["complete"] else f"incomplete ({info['done']}/{info['total']})"
     shape = "x".join(str(s) for s in info["sample_shape"])
     lines = [
@@ -89,6 +101,7 @@ def describe(info: dict[str, Any]) -> str:
         f"  target      {info['target']} (model predicts {info['parameterization']})",
         f"  method      {info['method']} -> ran {info['method_used']}, {info['dtype']} on "
         f"{info['device']}, at {info['at']}, seed {info['seed']}",
+        *_autodiff_line(info["autodiff"]),
         f"  grid        {info['n_anchors']} anchors of shape {shape} x {info['n_times']} times, "
         f"t in [{info['t_range'][0]:g}, {info['t_range'][1]:g}], "
         f"tau in [{info['tau_range'][0]:.3g}, {info['tau_range'][1]:.3g}]",

@@ -70,7 +70,8 @@ def cli() -> None:
 
 @cli.command("estimate")
 @click.option("--model", default=None, help="Model spec (.toml, file.py:factory, "
-              "package.module:factory); omitted: the shipped demo model.")
+              "package.module:factory, edm:FACTORY, score_sde:FACTORY, diffusers:FOLDER); "
+              "omitted: the shipped demo model.")
 @click.option("--data", default=None, help="Anchors: omitted (the model's own data), an array "
               "file (.npy/.npz/.h5 of shape (N, *shape)) or 'noise'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file (HDF5).")

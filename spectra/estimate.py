@@ -27,10 +27,11 @@ from spectra.arrays import load_array
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.methods import (
     METHODS,
+    AutodiffPath,
     evaluate_checked,
     haar_directions,
     jacobian_spectra,
-    probe_method,
+    probe_path,
     topk_at,
 )
 from spectra.models.base import ScoreModel
@@ -165,12 +166,20 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_batch_size(model: ScoreModel, dim: int, dtype: torch.dtype) -> int:
-    """(anchor, direction) pairs per chunk: a fixed memory budget over the estimated activation
-    bytes per pair (model.activation_factor values of size D each), between 1 and 4096."""
+def default_batch_size(
+    model: ScoreModel, dim: int, dtype: torch.dtype, device: torch.device | None = None,
+    free_bytes: int | None = None,
+) -> int:
+    """(anchor, direction) pairs per chunk: a memory budget over the estimated activation bytes
+    per pair (model.activation_factor values of size D each), between 1 and 4096. The budget is
+    256 MiB on the CPU and a quarter of the free memory on a CUDA device
+    (torch.cuda.mem_get_info, or `free_bytes` when given) once the model is on it."""
+    if free_bytes is None and device is not None and device.type == "cuda":
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    budget = _BATCH_BUDGET_BYTES if free_bytes is None else free_bytes // 4
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_pair = dim * itemsize * max(1, model.activation_factor)
-    return int(min(4096, max(1, _BATCH_BUDGET_BYTES // per_pair)))
+    return int(min(4096, max(1, budget // per_pair)))
 
 
 def _validate(opts: EstimateOptions) -> None:
@@ -241,7 +250,10 @@ def estimate(
     device = _device(opts.device)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
-    batch_size = opts.batch_size or default_batch_size(model, dim, dtype)
+    if old_attrs is not None:  # the recorded chunk layout: a resumed run's values stay identical
+        batch_size = int(old_attrs["batch_size"])
+    else:
+        batch_size = opts.batch_size or default_batch_size(model, dim, dtype, device)
     k = min(opts.k or dim, dim)
     step = parse_step(opts.step)
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
@@ -250,11 +262,12 @@ def estimate(
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     if old_attrs is not None:
-        method_used = old_attrs["method_used"]
-    elif opts.method == "auto":
-        method_used = probe_method(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target)
+        recorded = old_attrs.get("autodiff")
+        path = (AutodiffPath.from_dict(json.loads(recorded)) if recorded
+                else AutodiffPath(old_attrs["method_used"]))
     else:
-        method_used = opts.method
+        path = probe_path(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target, opts.method)
+    method_used = path.method
 
     if old_attrs is None:
         attrs = {
@@ -268,6 +281,7 @@ def estimate(
             "target": opts.target,
             "method": opts.method,
             "method_used": method_used,
+            "autodiff": path.to_dict(),
             "at": opts.at,
             "dtype": opts.dtype,
             "device": str(device),
@@ -288,7 +302,7 @@ def estimate(
         store.create(out, attrs, grid, x0, k, points_shape, residuals=method_used == "topk")
 
     if method_used == "topk":
-        _run_topk(out, model, x0_t, times, alpha, sigma, opts, k, batch_size, progress)
+        _run_topk(out, model, x0_t, times, alpha, sigma, opts, k, batch_size, progress, path)
         return out
     per_chunk = max(1, batch_size // dim)
     with store.TrajectoryWriter(out) as writer:
@@ -308,7 +322,8 @@ def estimate(
                 tick = time.perf_counter()
                 try:  # the values were checked by _preflight; only the Jacobian remains
                     result = jacobian_spectra(
-                        model, points, float(t), opts.target, method_used, step, dirs, batch_size
+                        model, points, float(t), opts.target, method_used, step, dirs, batch_size,
+                        path,
                     )
                 except SpectraError:
                     raise
@@ -347,6 +362,7 @@ def topk_tolerance(tol: float, dtype: torch.dtype) -> float:
 def _run_topk(
     out: Path, model: ScoreModel, x0: torch.Tensor, times: np.ndarray, alpha: np.ndarray,
     sigma: np.ndarray, opts: EstimateOptions, k: int, batch_size: int, progress: bool,
+    path: AutodiffPath,
 ) -> None:
     """Top-k spectra, chunk of anchors by chunk, times in order within a chunk: the right singular
     vectors at one time start the next time's block (the rest of each start block is random,
@@ -377,7 +393,7 @@ def _run_topk(
                 tick = time.perf_counter()
                 try:
                     res = topk_at(model, points, float(t), opts.target, k, tol, batch_size,
-                                  block_size=b, start=block)
+                                  block_size=b, start=block, path=path)
                 except SpectraError:
                     raise
                 except Exception as exc:  # the model lacks forward- or reverse-mode AD
@@ -402,7 +418,7 @@ def _run_topk(
         writer.finish()
     if unconverged:
         warnings.warn(f"{unconverged} top-k Jacobians did not reach tol {tol:g} within the budget of "
-                      f"2D products; their residuals say how far they got", stacklevel=2)
+                      f"2D + 2k products; their residuals say how far they got", stacklevel=2)
 
 
 def _preflight(

@@ -9,6 +9,7 @@ float64 numpy; arrays in, arrays out (a scalar in gives a 0-d array out).
 | `ve`      | (0, 1]           | 1                                          | s_min (s_max / s_min)^t       |
 | `vp`      | (0, 1]           | exp(-t^2 (b1 - b0)/4 - t b0/2)             | sqrt(1 - alpha^2)             |
 | `ddpm`    | integers 0..T-1  | sqrt(abar_t), abar = cumprod(1 - beta)     | sqrt(1 - abar_t)              |
+|           |                  | (or an explicit abar table, as diffusers') |                               |
 | `edm`     | [s_min, s_max]   | 1                                          | t                             |
 | `vp-sqrt` | (0, 1)           | sqrt(1 - t^2)                              | t                             |
 """
@@ -33,10 +34,13 @@ class Schedule:
 
     `t_low`/`t_high` bound the valid times; `low_open`/`high_open` say whether the bound itself is
     excluded. `default_range` is the (t_min, t_max) of the default log-spaced grid.
+    `alphas_cumprod` (ddpm only) gives abar_t for t = 0..T-1 explicitly, as a diffusers
+    scheduler holds it (any beta schedule); then `n_steps` = T and the beta constants are unused.
     """
 
     name: str
     params: dict[str, float] = field(default_factory=dict)
+    alphas_cumprod: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULE_NAMES:
@@ -44,6 +48,9 @@ class Schedule:
                 f"unknown schedule {self.name!r} (expected one of {', '.join(SCHEDULE_NAMES)})"
             )
         allowed = _DEFAULTS[self.name]
+        if self.alphas_cumprod is not None:
+            self._set_table()
+            return
         unknown = set(self.params) - set(allowed)
         if unknown:
             raise SpectraError(
@@ -55,6 +62,18 @@ class Schedule:
         if self.name == "ddpm":
             self.params["n_steps"] = float(int(self.params["n_steps"]))
             object.__setattr__(self, "_abar", _ddpm_abar(self.params))
+
+    def _set_table(self) -> None:
+        if self.name != "ddpm":
+            raise SpectraError(f"an alphas_cumprod table applies to schedule 'ddpm', not {self.name!r}")
+        if self.params:
+            raise SpectraError("a ddpm schedule with an alphas_cumprod table takes no other constants")
+        abar = np.asarray(self.alphas_cumprod, dtype=np.float64)
+        if abar.ndim != 1 or len(abar) < 2 or not np.all((abar > 0) & (abar <= 1)):
+            raise SpectraError("alphas_cumprod must be a list of at least 2 values in (0, 1]")
+        object.__setattr__(self, "alphas_cumprod", tuple(float(a) for a in abar))
+        object.__setattr__(self, "params", {"n_steps": float(len(abar))})
+        object.__setattr__(self, "_abar", abar)
 
     # --- ranges -------------------------------------------------------------------------------
     @property
@@ -135,6 +154,8 @@ class Schedule:
 
     # --- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        if self.alphas_cumprod is not None:
+            return {"name": self.name, "alphas_cumprod": list(self.alphas_cumprod)}
         return {"name": self.name, **self.params}
 
     def to_json(self) -> str:
@@ -146,6 +167,15 @@ class Schedule:
         if "name" not in d:
             raise SpectraError("schedule table needs a 'name'")
         name = d.pop("name")
+        table = d.pop("alphas_cumprod", None)
+        if table is not None:
+            d.pop("n_steps", None)
+            if d:
+                raise SpectraError("a ddpm schedule with an alphas_cumprod table takes no other constants")
+            try:
+                return cls(str(name), {}, tuple(float(a) for a in table))
+            except (TypeError, ValueError):
+                raise SpectraError("alphas_cumprod must be a list of numbers") from None
         try:
             params = {k: float(v) for k, v in d.items()}
         except (TypeError, ValueError) as exc:

@@ -156,7 +156,7 @@ def test_k_above_the_rank_and_above_32(tmp_path):
     assert res.exit_code == 0, res.output
     run = spectra.load(out)
     assert np.all(run["singular_values"][:, :, 40:] < 1e-12 * run["singular_values"][:, :, :1])
-    assert np.all(run["jvp_products"] + run["vjp_products"] <= 200)
+    assert np.all(run["jvp_products"] + run["vjp_products"] <= 2 * 100 + 2 * 45)  # the budget
 
 
 def test_float32_topk_uses_a_reachable_tolerance(tmp_path):

@@ -3,17 +3,20 @@
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.methods import (
     METHODS,
+    AutodiffPath,
     evaluate_checked,
     finite_difference_step,
     haar_directions,
     jacobian_at,
     jacobian_spectra,
-    probe_method,
+    make_operator,
+    probe_path,
     spectra_at,
     topk_at,
 )
 from spectra.jacobian.operators import (
     AutodiffJacobian,
+    AutogradJacobian,
     FiniteDifferenceJacobian,
     JacobianOperator,
 )
@@ -22,6 +25,8 @@ from spectra.jacobian.topk import TopKResult, topk_svd
 __all__ = [
     "METHODS",
     "AutodiffJacobian",
+    "AutodiffPath",
+    "AutogradJacobian",
     "DenseSpectra",
     "FiniteDifferenceJacobian",
     "JacobianOperator",
@@ -32,7 +37,8 @@ __all__ = [
     "haar_directions",
     "jacobian_at",
     "jacobian_spectra",
-    "probe_method",
+    "make_operator",
+    "probe_path",
     "spectra_at",
     "TopKResult",
     "topk_at",

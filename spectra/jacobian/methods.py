@@ -3,20 +3,33 @@
 Methods: `jvp` (forward mode), `vjp` (reverse mode), `fd-forward`, `fd-central` (step `auto`,
 `sigma` or a number; perturbations of unit-norm directions times the step), and `auto`, which
 probes forward mode on one product and falls back to reverse mode, then to central differences,
-when the model does not support it. The method that ran is reported. `topk` (top-k singular
-values without a dense Jacobian, topk.py) is run by topk_at.
+when the model does not support it. `topk` (top-k singular values without a dense Jacobian,
+topk.py) is run by topk_at.
+
+Autodiff products run on an `AutodiffPath`: an engine (torch.func transforms under vmap, or
+classic torch.autograd on the model's batch dimension for models torch.func cannot transform)
+and a context (as it is, or safety.forward_ad_safe: math attention, group_norm by definition).
+probe_path tries them in order of speed on one product and reports every failure; the path that
+ran is recorded in the run file.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
-from spectra.jacobian.operators import AutodiffJacobian, FiniteDifferenceJacobian
+from spectra.jacobian.operators import (
+    AutodiffJacobian,
+    AutogradJacobian,
+    FiniteDifferenceJacobian,
+    JacobianOperator,
+)
+from spectra.jacobian.safety import in_context
 from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
 from spectra.theory.manifold import random_orthonormal
@@ -51,22 +64,83 @@ def finite_difference_step(
     return torch.full((n,), value, dtype=points.dtype, device=points.device)
 
 
-def probe_method(model: ScoreModel, point: torch.Tensor, t: float, target: str) -> str:
-    """First of jvp, vjp, fd-central whose derivative runs on the model at one point."""
-    fn = _target_fn(model, t, target)
+ENGINES = ("torch.func", "torch.autograd", "none")
+
+
+@dataclass
+class AutodiffPath:
+    """How products are taken: `method` (jvp | vjp | topk | fd-forward | fd-central), `engine`
+    (ENGINES; "none" for finite differences), `context` (safety.CONTEXTS), and `tried`: the
+    paths that failed before it, each {method, engine, context, error}."""
+
+    method: str
+    engine: str = "torch.func"
+    context: str = "default"
+    tried: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AutodiffPath:
+        return cls(d["method"], d.get("engine", "torch.func"), d.get("context", "default"),
+                   list(d.get("tried", [])))
+
+
+#: candidate (method, engine, context) in order of preference, per requested method
+_CANDIDATES = {
+    "jvp": [("jvp", "torch.func", "default"), ("jvp", "torch.func", "forward-ad-safe")],
+    "vjp": [("vjp", e, c) for e in ("torch.func", "torch.autograd")
+            for c in ("default", "forward-ad-safe")],
+    "topk": [("topk", e, c) for e in ("torch.func", "torch.autograd")
+             for c in ("default", "forward-ad-safe")],
+}
+_CANDIDATES["auto"] = _CANDIDATES["jvp"] + _CANDIDATES["vjp"]
+
+
+def make_operator(
+    model: ScoreModel, points: torch.Tensor, t: float, target: str, path: AutodiffPath,
+    batch_size: int,
+) -> JacobianOperator:
+    """The exact-product operator of `target` at `points` (N, *shape), time t, on `path`."""
+    fn = in_context(_target_fn(model, t, target), path.context)
+    cls = AutogradJacobian if path.engine == "torch.autograd" else AutodiffJacobian
+    return cls(fn, points, batch_size)
+
+
+def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str) -> AutodiffPath:
+    """The first path on which `method`'s products run at one point (shape *shape): for jvp,
+    forward mode; for vjp, reverse mode; for topk, both; for auto, forward then reverse mode,
+    then central differences. Raises SpectraError listing the failures when none runs."""
+    if method in ("fd-forward", "fd-central"):
+        return AutodiffPath(method, "none")
+    tried: list[dict[str, str]] = []
     x = point[None]
-    for method in ("jvp", "vjp"):
-        op = AutodiffJacobian(fn, x, batch_size=1)
+    for name, engine, context in _CANDIDATES[method]:
+        path = AutodiffPath(name, engine, context)
+        op = make_operator(model, x, t, target, path, batch_size=1)
         probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
         probe[0, 0, 0] = 1
         try:
-            (op.matmat if method == "jvp" else op.rmatmat)(probe)
-            return method
+            if name in ("jvp", "topk"):
+                op.matmat(probe)
+            if name in ("vjp", "topk"):
+                op.rmatmat(probe)
         except SpectraError:
             raise
-        except Exception:  # the model's ops lack this autodiff mode: try the next one
+        except Exception as exc:  # the model's ops lack this autodiff mode: try the next path
+            tried.append({"method": name, "engine": engine, "context": context,
+                          "error": f"{type(exc).__name__}: {first_line(exc)}"})
             continue
-    return "fd-central"
+        path.tried = tried
+        return path
+    if method == "auto":
+        return AutodiffPath("fd-central", "none", tried=tried)
+    last = tried[-1]["error"] if tried else ""
+    raise SpectraError(
+        f"method {method} cannot differentiate this model on any path ({len(tried)} tried; last: "
+        f"{last}); try --method auto or fd-central"
+    )
 
 
 def haar_directions(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,13 +161,14 @@ def jacobian_at(
     step: str | float = "auto",
     directions: torch.Tensor | None = None,
     batch_size: int = 256,
+    path: AutodiffPath | None = None,
 ) -> torch.Tensor:
     """Dense Jacobians (N, D, D) of `target` at `points` (N, *shape), time t, by `method`
-    (not `auto`: resolve it with probe_method first). directions: None (basis) or (N, D, D)
-    orthogonal matrices."""
+    (not `auto`: resolve it with probe_path first), on `path` (default: torch.func, as it is).
+    directions: None (basis) or (N, D, D) orthogonal matrices."""
     fn = _target_fn(model, t, target)
     if method in ("jvp", "vjp"):
-        op = AutodiffJacobian(fn, points, batch_size)
+        op = make_operator(model, points, t, target, path or AutodiffPath(method), batch_size)
         if method == "vjp" and directions is not None:
             jt = op.rmatmat(directions)  # J^T Q  =>  J = Q (J^T Q)^T
             return directions @ jt.transpose(1, 2)
@@ -117,11 +192,12 @@ def topk_at(
     batch_size: int = 256,
     block_size: int | None = None,
     start: torch.Tensor | None = None,
+    path: AutodiffPath | None = None,
 ) -> TopKResult:
     """The k largest singular values of `target`'s Jacobian at `points` (N, *shape), time t, by
-    block Golub–Kahan–Lanczos on exact JVPs and VJPs, each value with its residual certificate.
-    Raises SpectraError naming t when the model produces non-finite products."""
-    op = AutodiffJacobian(_target_fn(model, t, target), points, batch_size)
+    block Golub–Kahan–Lanczos on exact JVPs and VJPs (on `path`), each value with its residual
+    certificate. Raises SpectraError naming t when the model produces non-finite products."""
+    op = make_operator(model, points, t, target, path or AutodiffPath("topk"), batch_size)
     result = topk_svd(op, k, tol=tol, block_size=block_size, start=start)
     if not (np.all(np.isfinite(result.singular_values)) and np.all(np.isfinite(result.residuals))):
         raise SpectraError(f"top-k products are NaN or infinite at t={t:g}")
@@ -157,10 +233,11 @@ def jacobian_spectra(
     step: str | float = "auto",
     directions: torch.Tensor | None = None,
     batch_size: int = 256,
+    path: AutodiffPath | None = None,
 ) -> DenseSpectra:
     """Spectra of the dense Jacobians built by `method` (see jacobian_at); raises SpectraError
     naming t when a Jacobian has NaN/inf entries. Does not check the model's values first."""
-    jac = jacobian_at(model, points, t, target, method, step, directions, batch_size)
+    jac = jacobian_at(model, points, t, target, method, step, directions, batch_size, path)
     if not torch.all(torch.isfinite(jac)):
         raise SpectraError(f"Jacobian has NaN or infinite entries at t={t:g} (method {method})")
     return dense_spectra(jac)
@@ -175,8 +252,9 @@ def spectra_at(
     step: str | float = "auto",
     directions: torch.Tensor | None = None,
     batch_size: int = 256,
+    path: AutodiffPath | None = None,
 ) -> DenseSpectra:
     """Check the model's output at `points` (evaluate_checked), build the Jacobians and return
     their spectra (jacobian_spectra)."""
     evaluate_checked(model, points, t, target)
-    return jacobian_spectra(model, points, t, target, method, step, directions, batch_size)
+    return jacobian_spectra(model, points, t, target, method, step, directions, batch_size, path)

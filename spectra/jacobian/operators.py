@@ -116,6 +116,37 @@ class AutodiffJacobian(JacobianOperator):
         return vmap(per_point)(self.points[pts], u)
 
 
+class AutogradJacobian(JacobianOperator):
+    """Exact products with classic torch.autograd on the model's own batch dimension, for models
+    that torch.func cannot transform (autograd.Functions without vmap or jvp rules, ops without
+    forward-mode formulas). Each (point, vector) pair is one sample of a batched call:
+    J^T u is one backward pass; J v differentiates that pullback, which is linear in its
+    cotangent w, once more: J v = d/dw <J^T w, v> (double backward). Every product re-runs the
+    primal pass, so this costs about 2x (J^T u) and 3x (J v) a forward pass per vector."""
+
+    path = "autograd"
+
+    def _replicated(self, pts: slice, k: int) -> torch.Tensor:
+        x = self.points[pts]
+        rows = x[:, None].expand(x.shape[0], k, *self.shape).reshape(-1, *self.shape)
+        return rows.detach().clone().requires_grad_(True)
+
+    def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = self._replicated(pts, u.shape[1])
+            (grad,) = torch.autograd.grad(self.fn(x), x, u.reshape(x.shape))
+        return grad.reshape(u.shape)
+
+    def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = self._replicated(pts, v.shape[1])
+            y = self.fn(x)
+            w = torch.zeros_like(y, requires_grad=True)
+            (pullback,) = torch.autograd.grad(y, x, w, create_graph=True)
+            (jv,) = torch.autograd.grad(pullback, w, v.reshape(x.shape))
+        return jv.reshape(v.shape)
+
+
 class FiniteDifferenceJacobian(JacobianOperator):
     """J v by finite differences with a per-point step h (N,) (theory.md 4):
     forward (F(x + h v) - F(x)) / h, central (F(x + h v) - F(x - h v)) / (2 h).

@@ -79,7 +79,8 @@ def topk_svd(
             times the largest are held to that floor instead).
         block_size: b, vectors per block [default: k + 8, at most D]. With b < k a cluster of
             more than b equal values can be misranked (each certificate stays true).
-        max_products: budget of JVPs plus VJPs per point [default: 2 D].
+        max_products: budget of JVPs plus VJPs per point, the 2 k of the certificates included
+            [default: 2 D + 2 k: enough for a Krylov space of all R^D, hence exact values].
         start: (N, D, k0) vectors to start from (e.g. the previous time's right vectors).
         generator: torch generator for the random part of the start block.
     """
@@ -88,7 +89,7 @@ def topk_svd(
         raise ValueError(f"k must be between 1 and D = {d}, got {k}")
     dtype, device = op.points.dtype, op.points.device
     b = min(block_size or k + 8, d)
-    budget = 2 * d if max_products is None else max_products
+    budget = 2 * d + 2 * k if max_products is None else max_products
     v1 = torch.randn(n, d, b, dtype=dtype, device=device, generator=generator)
     if start is not None:
         k0 = min(start.shape[-1], b)

@@ -1,7 +1,12 @@
 """Wrap a bare torch module as a ScoreModel.
 
-The module is called as `module(x, t)` with x of shape (B, *shape) and t a (B,) tensor of
-schedule times (in x's dtype), and returns its prediction (eps, x0, v or score) with x's shape.
+The module is called as `module(x, label, **call_kwargs)` with x of shape (B, *shape) and label a
+(B,) tensor, and returns its prediction (eps, x0, v or score) with x's shape. The label is what
+the module's codebase feeds its time embedding (`TIME_LABELS`):
+
+* `t`: the schedule time itself, in x's dtype (spectra's convention);
+* `sigma`: the noise scale sigma(t) (EDM's D(x; sigma), score_sde's VE models);
+* `999t`: 999 t (score_sde's continuous VP models and its DDPM-style models with N = 1000).
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ from spectra.models.base import ScoreModel
 from spectra.models.parameterization import check_parameterization
 from spectra.schedules import Schedule
 
+TIME_LABELS = ("t", "sigma", "999t")
+
 
 class NetworkScoreModel(ScoreModel):
     """A network of a given parameterization under a given schedule.
 
     Args:
         module: the torch module (put in eval mode here).
-        schedule: how the module's time input maps to alpha, sigma.
+        schedule: how the module's time maps to alpha, sigma.
         parameterization: what the module predicts: eps | x0 | v | score.
         shape: the sample shape, if known (else taken from `module.sample_shape` when present).
+        spec: the model spec string it was loaded from.
+        time_label: what the module takes as its time input (see TIME_LABELS).
+        call_kwargs: extra keyword arguments of every call (e.g. EDM's force_fp32=True).
+        interface: the codebase convention it was read with (recorded in run files).
     """
 
     def __init__(
@@ -33,13 +44,23 @@ class NetworkScoreModel(ScoreModel):
         parameterization: str,
         shape: tuple[int, ...] | None = None,
         spec: str = "",
+        time_label: str = "t",
+        call_kwargs: dict[str, Any] | None = None,
+        interface: str = "plain",
     ) -> None:
+        if time_label not in TIME_LABELS:
+            raise SpectraError(
+                f"unknown time label {time_label!r} (expected one of {', '.join(TIME_LABELS)})"
+            )
         self.module = module.eval()
         self.schedule = schedule
         self.parameterization = check_parameterization(parameterization)
         found = shape if shape is not None else getattr(module, "sample_shape", None)
         self.shape = tuple(int(s) for s in found) if found is not None else None
         self.spec = spec
+        self.time_label = time_label
+        self.call_kwargs = dict(call_kwargs or {})
+        self.interface = interface
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> NetworkScoreModel:
         self.module.to(device=device, dtype=dtype)
@@ -49,15 +70,31 @@ class NetworkScoreModel(ScoreModel):
         n_params = sum(p.numel() for p in self.module.parameters())
         return {
             "kind": "network",
+            "interface": self.interface,
             "module": type(self.module).__name__,
             "parameters": n_params,
             "schedule": self.schedule.to_dict(),
             "parameterization": self.parameterization,
+            "time_label": self.time_label,
+            "call_kwargs": self.call_kwargs,
         }
 
+    def labels(self, t: float, n: int, x: torch.Tensor) -> torch.Tensor:
+        """The (n,) time input of the module at schedule time t."""
+        if self.time_label == "sigma":
+            value = float(self.schedule.sigma(t))
+        elif self.time_label == "999t":
+            value = 999.0 * float(t)
+        else:
+            value = float(t)
+        return torch.full((n,), value, dtype=x.dtype, device=x.device)
+
+    def call(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        """The module's raw output at x and its time labels."""
+        return self.module(x, labels, **self.call_kwargs)
+
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        times = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        out = self.module(x, times)
+        out = self.call(x, self.labels(t, x.shape[0], x))
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise SpectraError(

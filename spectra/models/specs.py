@@ -5,7 +5,16 @@ Forms:
   table (default: ve with its default constants). Paths inside are relative to the spec file.
 * `file.py:factory` or `package.module:factory`: a callable returning a ScoreModel or a bare
   nn.Module (then `schedule` and `parameterization` say how to read it).
+* `edm:FACTORY`: the factory returns an EDM-style preconditioned denoiser D(x; sigma)
+  (spectra.models.edm): x0 prediction, schedule edm, called with sigma.
+* `score_sde:FACTORY`: a score_sde-style network (Song et al. 2021) under `ve` (called with
+  sigma(t), predicts the score) or `vp` (called with 999 t, predicts eps); `parameterization`
+  overrides the prediction.
+* `diffusers:FOLDER`: a saved diffusers UNet2DModel with its scheduler (spectra.models.diffusers_model).
 * omitted (None): the shipped demo model.
+
+A `kind = "network"` TOML spec names its factory and may set `interface = "plain" | "edm" |
+"score_sde"`.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from spectra.models.analytic import (
     molrg,
 )
 from spectra.models.base import ScoreModel
+from spectra.models.diffusers_model import load_diffusers
+from spectra.models.edm import edm_model
 from spectra.models.network import NetworkScoreModel
 from spectra.schedules import Schedule
 from spectra.spec_toml import check_keys, manifold_from_table, read_toml, take, variances_of
@@ -51,12 +62,17 @@ def load_model(
     JSON-free 'name' for bare modules; `shape` overrides the sample shape of bare modules."""
     if spec is None:
         spec = demo_spec()
-    if spec.startswith("diffusers:") or spec.endswith(".pt"):
+    prefix, _, rest = spec.partition(":")
+    if spec.endswith(".pt"):
         raise SpectraError(
-            f"model spec {spec!r}: diffusers folders and spectra checkpoints are not supported "
-            "by this version (use a .toml spec or a factory)"
+            f"model spec {spec!r}: spectra checkpoints are not supported by this version "
+            "(use a .toml spec, a factory or diffusers:FOLDER)"
         )
-    if spec.endswith(".toml"):
+    if prefix == "diffusers":
+        model = load_diffusers(rest, spec, parameterization)
+    elif prefix in INTERFACES and rest:
+        model = _from_factory(rest, schedule, parameterization, shape, interface=prefix)
+    elif spec.endswith(".toml"):
         model = _from_toml(Path(spec), schedule, parameterization, shape)
     elif ":" in spec:
         model = _from_factory(spec, schedule, parameterization, shape)
@@ -92,18 +108,26 @@ def _from_toml(
     if kind == "gmm":
         return _gmm(table, sched, config, where)
     if kind == "network":
-        check_keys(table, common | {"factory", "parameterization", "shape"}, where)
+        check_keys(table, common | {"factory", "parameterization", "shape", "interface"}, where)
         factory = take(table, "factory", str, where)
+        interface = take(table, "interface", str, where, "plain")
+        if interface not in INTERFACES:
+            raise SpectraError(
+                f"{where}: unknown interface {interface!r} (expected one of {', '.join(INTERFACES)})"
+            )
         file_part, _, name = factory.rpartition(":")
         if file_part.endswith(".py"):
             factory = f"{path.parent / file_part}:{name}"
         toml_shape = table.get("shape")
+        # the ve default applies to plain modules; edm and score_sde ones know or need their own
+        own = "schedule" in table or interface == "plain"
         return _from_factory(
             factory,
-            schedule or sched_table.get("name"),
+            schedule or (sched.name if own else None),
             parameterization or take(table, "parameterization", str, where, None),
             shape or (tuple(toml_shape) if toml_shape else None),
-            schedule_obj=sched if schedule is None else None,
+            schedule_obj=sched if schedule is None and own else None,
+            interface=interface,
         )
     raise SpectraError(
         f"{where}: unknown kind {kind!r} (expected gaussian, empirical, gmm or network)"
@@ -196,12 +220,19 @@ def _import_factory(spec: str):
     return factory
 
 
+#: codebase conventions a factory's bare module can follow (module docstring)
+INTERFACES = ("plain", "edm", "score_sde")
+#: score_sde: (time label, native prediction) per schedule
+_SCORE_SDE = {"ve": ("sigma", "score"), "vp": ("999t", "eps")}
+
+
 def _from_factory(
     spec: str,
     schedule: str | None,
     parameterization: str | None,
     shape,
     schedule_obj: Schedule | None = None,
+    interface: str = "plain",
 ) -> ScoreModel:
     factory = _import_factory(spec)
     try:
@@ -214,6 +245,16 @@ def _from_factory(
         raise SpectraError(
             f"factory {spec} returned {type(obj).__name__}; expected a ScoreModel or nn.Module"
         )
+    if interface == "edm":
+        return edm_model(obj, spec, shape, parameterization,
+                         schedule_obj.name if schedule_obj is not None else schedule)
+    if interface == "score_sde":
+        name = schedule_obj.name if schedule_obj is not None else schedule
+        if name not in _SCORE_SDE:
+            raise SpectraError(f"a score_sde: model needs --schedule ve or vp, got {name!r}")
+        label, native = _SCORE_SDE[name]
+        return NetworkScoreModel(obj, schedule_obj or Schedule(name), parameterization or native,
+                                 shape=shape, spec=spec, time_label=label, interface=interface)
     if parameterization is None:
         raise SpectraError(
             f"factory {spec} returned a bare module: say what it predicts with "

@@ -1,0 +1,136 @@
+"""`diffusers:FOLDER`: a locally saved diffusers UNet2DModel and its scheduler config.
+
+FOLDER holds either both configs side by side (`config.json` and `scheduler_config.json`, from
+`save_pretrained` of the model and of the scheduler into one folder) or a pipeline's layout
+(`unet/` and `scheduler/`). Nothing is downloaded (local_files_only). The scheduler gives:
+
+* the schedule: ddpm with the scheduler's own `alphas_cumprod` table (any beta schedule), on
+  integer timesteps t = 0..T-1 with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (theory.md 1);
+  the model is called with int64 timesteps, as diffusers' pipelines call it;
+* the parameterization from `prediction_type`: epsilon -> eps, sample -> x0, v_prediction -> v.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra.errors import SpectraError, first_line
+from spectra.models.network import NetworkScoreModel
+from spectra.models.parameterization import check_parameterization
+from spectra.schedules import Schedule
+
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+class DiffusersScoreModel(NetworkScoreModel):
+    """A diffusers model called as `model(x, timesteps, return_dict=False)[0]` with int64 timesteps."""
+
+    def __init__(self, module: torch.nn.Module, schedule: Schedule, parameterization: str,
+                 shape: tuple[int, ...], spec: str, details: dict[str, Any]) -> None:
+        super().__init__(module, schedule, parameterization, shape, spec, interface="diffusers")
+        self.details = details
+
+    def labels(self, t: float, n: int, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((n,), round(float(t)), dtype=torch.int64, device=x.device)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> DiffusersScoreModel:
+        """All parameters in `dtype` (spectra runs float32 or float64 end to end); diffusers'
+        advice to keep some modules in float32 is meant for half precision and is silenced."""
+        import diffusers
+
+        verbosity = diffusers.utils.logging.get_verbosity()
+        diffusers.utils.logging.set_verbosity_error()
+        try:
+            self.module.to(device=device, dtype=dtype)
+        finally:
+            diffusers.utils.logging.set_verbosity(verbosity)
+        return self
+
+    def call(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        return self.module(x, labels, return_dict=False)[0]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), **self.details}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpectraError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or "_class_name" not in data:
+        raise SpectraError(f"{path} is not a diffusers config (no _class_name)")
+    return data
+
+
+def _locate(root: Path) -> tuple[Path, Path]:
+    """(model folder, scheduler folder) of a diffusers FOLDER."""
+    if not root.is_dir():
+        raise SpectraError(f"diffusers folder not found: {root}")
+    model_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
+    if not (model_dir / "config.json").is_file():
+        raise SpectraError(f"{root} holds no model config.json (nor unet/config.json)")
+    for sched_dir in (root / "scheduler", root):
+        if (sched_dir / "scheduler_config.json").is_file():
+            return model_dir, sched_dir
+    raise SpectraError(f"{root} holds no scheduler_config.json (nor scheduler/scheduler_config.json)")
+
+
+def load_diffusers(folder: str, spec: str, parameterization: str | None = None) -> DiffusersScoreModel:
+    """The ScoreModel of a diffusers FOLDER (see module docstring); `parameterization` overrides
+    the scheduler's prediction_type."""
+    try:
+        import diffusers
+    except ImportError:
+        raise SpectraError(
+            "diffusers: model specs need the diffusers package (pip install 'spectra[diffusers]')"
+        ) from None
+    model_dir, sched_dir = _locate(Path(folder))
+    model_cfg = _read_json(model_dir / "config.json")
+    sched_cfg = _read_json(sched_dir / "scheduler_config.json")
+    model_cls = getattr(diffusers, str(model_cfg["_class_name"]), None)
+    sched_cls = getattr(diffusers, str(sched_cfg["_class_name"]), None)
+    if model_cls is None or sched_cls is None:
+        missing = model_cfg["_class_name"] if model_cls is None else sched_cfg["_class_name"]
+        raise SpectraError(f"diffusers {diffusers.__version__} has no class {missing!r}")
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()  # no advice about optional packages
+    try:
+        module = model_cls.from_pretrained(model_dir, local_files_only=True)
+        scheduler = sched_cls.from_config(sched_cfg)
+    except Exception as exc:  # third-party loading: any failure is a bad model folder
+        raise SpectraError(f"cannot load {folder}: {type(exc).__name__}: {first_line(exc)}") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise SpectraError(f"scheduler {sched_cls.__name__} has no alphas_cumprod table")
+    prediction = getattr(scheduler.config, "prediction_type", "epsilon")
+    if parameterization is None:
+        if prediction not in PREDICTION_TYPES:
+            raise SpectraError(
+                f"unknown prediction_type {prediction!r} in {sched_dir / 'scheduler_config.json'} "
+                f"(expected one of {', '.join(PREDICTION_TYPES)}; or pass --parameterization)"
+            )
+        parameterization = PREDICTION_TYPES[prediction]
+    check_parameterization(parameterization)
+    schedule = Schedule("ddpm", {}, tuple(np.asarray(torch.as_tensor(abar).double().cpu())))
+    cfg = module.config
+    size = cfg.get("sample_size")
+    size = (size, size) if isinstance(size, int) else tuple(size or ())
+    if len(size) != 2 or "in_channels" not in cfg:
+        raise SpectraError(f"{model_dir / 'config.json'}: need in_channels and sample_size")
+    details = {
+        "diffusers_version": diffusers.__version__,
+        "model_class": model_cls.__name__,
+        "scheduler_class": sched_cls.__name__,
+        "prediction_type": prediction,
+        "folder": str(Path(folder).resolve()),
+    }
+    return DiffusersScoreModel(module, schedule, parameterization, (int(cfg["in_channels"]), *size),
+                               spec, details)

@@ -1,0 +1,68 @@
+"""EDM-style preconditioned denoisers (Karras et al. 2022), schedule `edm` (alpha = 1, sigma = t).
+
+A preconditioned denoiser is D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) with
+
+    c_skip = sd^2 / (sigma^2 + sd^2),   c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in   = 1 / sqrt(sigma^2 + sd^2),  c_noise = ln(sigma) / 4          (sd = sigma_data),
+
+and D is the x0 prediction (theory.md 2). `edm:file.py:factory` takes a factory returning such a
+module, called as `module(x, sigma)` (and with `force_fp32=True` where its forward accepts it, as
+EDM's EDMPrecond does, so no half precision runs); `EDMPrecond` builds one from a raw network F.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from spectra.errors import SpectraError
+from spectra.models.network import NetworkScoreModel
+from spectra.schedules import Schedule
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """(c_skip, c_out, c_in, c_noise) at noise levels sigma (any shape), as in the module docstring."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
+
+
+class EDMPrecond(torch.nn.Module):
+    """D(x; sigma) from a raw network `raw(c_in x, c_noise)` with c_noise of shape (B,)."""
+
+    def __init__(self, raw: torch.nn.Module, sigma_data: float = 0.5,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        super().__init__()
+        self.raw = raw
+        self.sigma_data = float(sigma_data)
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, force_fp32: bool = True) -> torch.Tensor:
+        sigma = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        return c_skip * x + c_out * self.raw(c_in * x, c_noise.flatten())
+
+
+def edm_model(module: torch.nn.Module, spec: str, shape: tuple[int, ...] | None,
+              parameterization: str | None = None, schedule: str | None = None) -> NetworkScoreModel:
+    """Wrap a preconditioned denoiser module: x0 prediction under schedule edm, whose
+    sigma_min/sigma_max come from the module's attributes when they are finite and positive."""
+    if parameterization not in (None, "x0"):
+        raise SpectraError(f"an edm: model predicts x0, not {parameterization!r}")
+    if schedule not in (None, "edm"):
+        raise SpectraError(f"an edm: model runs under schedule edm, not {schedule!r}")
+    params = {}
+    for name in ("sigma_min", "sigma_max"):
+        value = getattr(module, name, None)
+        if isinstance(value, (int, float)) and 0 < value < math.inf:
+            params[name] = float(value)
+    try:
+        takes_fp32 = "force_fp32" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        takes_fp32 = False
+    return NetworkScoreModel(
+        module, Schedule("edm", params), "x0", shape=shape, spec=spec, time_label="sigma",
+        call_kwargs={"force_fp32": True} if takes_fp32 else None, interface="edm",
+    )

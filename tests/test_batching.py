@@ -1,0 +1,24 @@
+"""Default chunk sizes: a fixed budget on the CPU, a share of the free memory on a GPU."""
+
+import torch
+
+from spectra.estimate import default_batch_size
+from spectra.models import load_model
+
+
+def test_gpu_batch_follows_free_memory():
+    model = load_model(None)  # analytic demo: activation_factor from its rank
+    per_pair = 100 * 8 * model.activation_factor
+    small = default_batch_size(model, 100, torch.float64, free_bytes=4 * 50 * per_pair)
+    large = default_batch_size(model, 100, torch.float64, free_bytes=4 * 400 * per_pair)
+    assert (small, large) == (50, 400)
+    assert default_batch_size(model, 100, torch.float64, free_bytes=0) == 1
+    assert default_batch_size(model, 100, torch.float64, free_bytes=2**50) == 4096
+    half = default_batch_size(model, 100, torch.float32, free_bytes=4 * 50 * per_pair)
+    assert half == 100  # float32 pairs take half the bytes
+
+
+def test_cpu_batch_is_a_fixed_budget():
+    model = load_model(None)
+    cpu = default_batch_size(model, 100, torch.float64, torch.device("cpu"))
+    assert cpu == min(4096, 2**28 // (100 * 8 * model.activation_factor))

@@ -1,0 +1,102 @@
+"""`diffusers:FOLDER`: a UNet2DModel saved locally with its scheduler, each prediction_type.
+
+The reference differentiates the raw diffusers model with torch.func.jacrev (math attention),
+converting its prediction with the scheduler's own alphas_cumprod by the formulas written out
+here; the run (forward mode, spectra's conversions and schedule) must match to 1e-8 (float64).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from spectra_cli.main import cli
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import spectra
+
+diffusers = pytest.importorskip("diffusers")
+
+TIMES = (40, 600)
+
+
+def build(folder, prediction_type, pipeline_layout=True):
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+    sched = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    unet.save_pretrained(folder / "unet" if pipeline_layout else folder)
+    sched.save_pretrained(folder / "scheduler" if pipeline_layout else folder)
+    return sched
+
+
+def reference(folder, sched, prediction_type, target, x0, t, pipeline_layout=True):
+    unet = diffusers.UNet2DModel.from_pretrained(folder / "unet" if pipeline_layout else folder)
+    unet = unet.double().eval()
+    abar = sched.alphas_cumprod.double()[t]
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    steps = torch.tensor([t])
+
+    def fn(x):
+        pred = unet(x[None], steps).sample[0]
+        if prediction_type == "epsilon":
+            eps = pred
+        elif prediction_type == "sample":
+            eps = (x - a * pred) / s
+        else:  # v = a eps - s x0, with a^2 + s^2 = 1
+            eps = a * pred + s * x
+        return {"score": -eps / s, "eps": eps, "denoiser": (x - s * eps) / a}[target]
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        jac = torch.func.jacrev(fn)(a * torch.as_tensor(x0))
+    return torch.linalg.svdvals(jac.detach().reshape(192, 192)).numpy()
+
+
+@pytest.mark.parametrize(("prediction_type", "target", "layout"), [
+    ("epsilon", "score", True), ("sample", "denoiser", True), ("v_prediction", "eps", False),
+])
+def test_diffusers_unet_matches_torch_func_on_the_raw_model(tmp_path, prediction_type, target, layout):
+    folder = tmp_path / "model"
+    sched = build(folder, prediction_type, layout)
+    out = tmp_path / "run.h5"
+    res = CliRunner().invoke(cli, [
+        "estimate", "--model", f"diffusers:{folder}", "--data", "noise", "--n-samples", "2",
+        "--times", ",".join(map(str, TIMES)), "--target", target, "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    assert traj.complete
+    assert traj.attrs["parameterization"] == {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}[
+        prediction_type]
+    schedule = json.loads(traj.attrs["schedule"])
+    np.testing.assert_array_equal(schedule["alphas_cumprod"], sched.alphas_cumprod.double().numpy())
+    np.testing.assert_allclose(traj["alpha"] ** 2, sched.alphas_cumprod.double().numpy()[list(TIMES)],
+                               rtol=1e-15)
+    path = json.loads(traj.attrs["autodiff"])
+    assert (path["method"], path["context"]) == ("jvp", "forward-ad-safe")  # attention blocks
+    config = json.loads(traj.attrs["model_config"])
+    assert config["prediction_type"] == prediction_type and config["model_class"] == "UNet2DModel"
+    worst = 0.0
+    for n in range(2):
+        for ti, t in enumerate(TIMES):
+            exact = reference(folder, sched, prediction_type, target, traj["x0"][n], t, layout)
+            worst = max(worst, float(np.max(np.abs(traj["singular_values"][n, ti] - exact) / exact)))
+    assert worst < 1e-8, worst
+
+
+def test_bad_diffusers_folders_are_one_line_exit_2(tmp_path):
+    runner = CliRunner()
+    cases = {"missing": tmp_path / "nope", "no scheduler": tmp_path / "half"}
+    diffusers.UNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
+                          down_block_types=("DownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(cases["no scheduler"])
+    for why, folder in cases.items():
+        res = runner.invoke(cli, ["estimate", "--model", f"diffusers:{folder}", "--data", "noise",
+                                  "--out", str(tmp_path / "x.h5"), "--quiet"])
+        assert res.exit_code == 2, why
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert ("not found" if why == "missing" else "scheduler_config.json") in res.output
