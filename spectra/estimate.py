@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import spectra
-from spectra import store
+from spectra import distributed, store
 from spectra.arrays import load_array
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.methods import (
@@ -156,14 +157,16 @@ def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
     return np.ascontiguousarray(x0, dtype=np.float64)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(name: str, sweep: distributed.Sweep | None = None) -> torch.device:
+    """The torch device of --device (auto: CUDA when there is one); under torchrun each rank
+    takes cuda:LOCAL_RANK."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise SpectraError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise SpectraError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise SpectraError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", sweep.local_rank if sweep is not None and sweep.world > 1 else 0)
 
 
 def default_batch_size(
@@ -225,11 +228,20 @@ def estimate(
     progress: bool = True,
     command: str = "",
 ) -> Path:
-    """Run (or resume) a trajectory estimate and return the path of the complete run file."""
+    """Run (or resume) a trajectory estimate and return the path of the complete run file.
+    Under torchrun the anchors are shared out among the ranks (spectra.distributed)."""
     out = Path(out)
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
     _validate(opts)
+    sweep = distributed.current(opts.device)
+    error = None
+    if sweep.rank == 0:
+        try:
+            _settle_shards(out, opts, resume, overwrite)
+        except SpectraError as exc:
+            error = str(exc)
+    sweep.agree(error)
     exists = out.exists()
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
@@ -239,25 +251,75 @@ def estimate(
     if exists and overwrite:
         store.open_checked(out).close()  # only ever replace a spectra run, never a foreign file
 
+    setup, error = None, None
+    try:
+        setup = _setup(opts, old_attrs, sweep)
+    except SpectraError as exc:
+        error = str(exc)
+    sweep.agree(error)
+    if sweep.rank == 0 and old_attrs is None:
+        _create(out, opts, setup, command)
+    sweep.barrier()
+    target = out
+    if sweep.world > 1:
+        target = sweep.shard(out)
+        shutil.copyfile(out, target)
+    progress = progress and sweep.rank == 0
+    n_chunks = -(-len(setup.x0) // _per_chunk(setup))
+    if sweep.rank == 0 and n_chunks < sweep.world:
+        warnings.warn(f"{n_chunks} anchor chunk(s) for {sweep.world} ranks: some ranks stay idle "
+                      "(a smaller --batch-size makes more chunks)", stacklevel=2)
+    if setup.path.method == "topk":
+        _run_topk(target, setup, opts, progress, sweep)
+    else:
+        _run_dense(target, setup, opts, progress, sweep)
+    sweep.barrier()
+    if sweep.world > 1 and sweep.rank == 0:
+        for part in distributed.shards(out):
+            store.merge(out, part)
+            part.unlink()
+    sweep.barrier()
+    return out
+
+
+@dataclass
+class _Setup:
+    """What every rank derives from the options before computing: the model on its device, the
+    grid, the anchors, the chunk size and the autodiff path."""
+
+    model: ScoreModel
+    times: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    x0: np.ndarray
+    x0_t: torch.Tensor
+    k: int
+    batch_size: int
+    step: str | float
+    path: AutodiffPath
+    tf32: dict[str, bool]
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.x0.shape[1:])
+
+
+def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> _Setup:
     model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
     schedule = model.schedule
     times = time_grid(schedule, opts)
     x0 = anchors(model, opts)
-    shape = tuple(x0.shape[1:])
-    dim = math.prod(shape)
+    dim = math.prod(x0.shape[1:])
     if opts.method == "topk" and opts.k > dim:
         raise SpectraError(f"--k {opts.k} exceeds D = {dim}")
-    device = _device(opts.device)
+    device = _device(opts.device, sweep)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
     if old_attrs is not None:  # the recorded chunk layout: a resumed run's values stay identical
         batch_size = int(old_attrs["batch_size"])
     else:
         batch_size = opts.batch_size or default_batch_size(model, dim, dtype, device)
-    k = min(opts.k or dim, dim)
-    step = parse_step(opts.step)
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
-
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
@@ -267,63 +329,98 @@ def estimate(
                 else AutodiffPath(old_attrs["method_used"]))
     else:
         path = probe_path(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target, opts.method)
-    method_used = path.method
+    return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim), batch_size,
+                  parse_step(opts.step), path, tf32)
 
-    if old_attrs is None:
-        attrs = {
-            "spectra_version": spectra.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "command": command,
-            "model": model.spec,
-            "model_config": model.config(),
-            "parameterization": model.parameterization,
-            "schedule": schedule.to_dict(),
-            "target": opts.target,
-            "method": opts.method,
-            "method_used": method_used,
-            "autodiff": path.to_dict(),
-            "at": opts.at,
-            "dtype": opts.dtype,
-            "device": str(device),
-            "seed": opts.seed,
-            "step": str(step),
-            "directions": opts.directions,
-            "k": k,
-            "tolerances": ({"tol": opts.tol, "effective_tol": topk_tolerance(opts.tol, dtype)}
-                           if opts.method == "topk" else {}),
-            "block_size": _block_size(k, dim) if opts.method == "topk" else None,
-            "batch_size": batch_size,
-            "torch_version": torch.__version__,
-            "tf32": tf32,
-            "options": opts.to_dict(),
-        }
-        grid = {"t": times, "alpha": alpha, "sigma": sigma, "tau": schedule.tau(times)}
-        points_shape = (len(x0), len(times), *shape) if opts.save_points else None
-        store.create(out, attrs, grid, x0, k, points_shape, residuals=method_used == "topk")
 
-    if method_used == "topk":
-        _run_topk(out, model, x0_t, times, alpha, sigma, opts, k, batch_size, progress, path)
-        return out
-    per_chunk = max(1, batch_size // dim)
-    with store.TrajectoryWriter(out) as writer:
+def _per_chunk(setup: _Setup) -> int:
+    """Anchors per chunk: as many as the batch holds with D directions (dense) or one block
+    (top-k) each. The chunks are the units shared out among ranks."""
+    vectors = _block_size(setup.k, setup.dim) if setup.path.method == "topk" else setup.dim
+    return max(1, setup.batch_size // vectors)
+
+
+def _settle_shards(out: Path, opts: EstimateOptions, resume: bool, overwrite: bool) -> None:
+    """Before anything else (rank 0): fold the shards an interrupted sweep left beside `out` into
+    it on --resume, drop them on --overwrite or when `out` is gone."""
+    parts = distributed.shards(out)
+    if not parts:
+        return
+    if resume and out.exists():
+        _check_resumable(out, opts)
+        for part in parts:
+            store.merge(out, part)
+    elif out.exists() and not overwrite:
+        return  # estimate refuses the existing file next
+    for part in parts:
+        part.unlink()
+
+
+def _create(out: Path, opts: EstimateOptions, setup: _Setup, command: str) -> None:
+    """The new, empty run file with every attribute DESIGN.md lists."""
+    model, dim, k = setup.model, setup.dim, setup.k
+    attrs = {
+        "spectra_version": spectra.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "command": command,
+        "model": model.spec,
+        "model_config": model.config(),
+        "parameterization": model.parameterization,
+        "schedule": model.schedule.to_dict(),
+        "target": opts.target,
+        "method": opts.method,
+        "method_used": setup.path.method,
+        "autodiff": setup.path.to_dict(),
+        "at": opts.at,
+        "dtype": opts.dtype,
+        "device": str(setup.x0_t.device),
+        "seed": opts.seed,
+        "step": str(setup.step),
+        "directions": opts.directions,
+        "k": k,
+        "tolerances": ({"tol": opts.tol, "effective_tol": topk_tolerance(opts.tol, setup.x0_t.dtype)}
+                       if opts.method == "topk" else {}),
+        "block_size": _block_size(k, dim) if opts.method == "topk" else None,
+        "batch_size": setup.batch_size,
+        "torch_version": torch.__version__,
+        "tf32": setup.tf32,
+        "options": opts.to_dict(),
+    }
+    times = setup.times
+    grid = {"t": times, "alpha": setup.alpha, "sigma": setup.sigma, "tau": model.schedule.tau(times)}
+    points_shape = (len(setup.x0), len(times), *setup.x0.shape[1:]) if opts.save_points else None
+    store.create(out, attrs, grid, setup.x0, k, points_shape, residuals=setup.path.method == "topk")
+
+
+def _run_dense(
+    target: Path, setup: _Setup, opts: EstimateOptions, progress: bool, sweep: distributed.Sweep
+) -> None:
+    """Dense spectra, time by time, anchor chunk by chunk (this rank's chunks), into `target`."""
+    model, x0_t, k, dim = setup.model, setup.x0_t, setup.k, setup.dim
+    method_used = setup.path.method
+    n = len(setup.x0)
+    per_chunk = _per_chunk(setup)
+    with store.TrajectoryWriter(target) as writer:
         done = writer.done
         bar = tqdm(
             total=done.size, initial=int(done.sum()), disable=not progress or None,
             unit="jac", desc="spectra", leave=False,
         )
-        for ti, t in enumerate(times):
-            for start in range(0, len(x0), per_chunk):
-                idx = np.arange(start, min(start + per_chunk, len(x0)))
+        for ti, t in enumerate(setup.times):
+            for start in range(0, n, per_chunk):
+                if not sweep.owns(start // per_chunk):
+                    continue
+                idx = np.arange(start, min(start + per_chunk, n))
                 todo = idx[~done[idx, ti]]
                 if len(todo) == 0:
                     continue
-                points = _points(x0_t[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
-                dirs = _directions(opts, idx, ti, dim, dtype, device)
+                points = _points(x0_t[idx], opts, float(setup.alpha[ti]), float(setup.sigma[ti]), idx, ti)
+                dirs = _directions(opts, idx, ti, dim, x0_t.dtype, x0_t.device)
                 tick = time.perf_counter()
                 try:  # the values were checked by _preflight; only the Jacobian remains
                     result = jacobian_spectra(
-                        model, points, float(t), opts.target, method_used, step, dirs, batch_size,
-                        path,
+                        model, points, float(t), opts.target, method_used, setup.step, dirs,
+                        setup.batch_size, setup.path,
                     )
                 except SpectraError:
                     raise
@@ -345,7 +442,6 @@ def estimate(
                 bar.update(len(todo))
         bar.close()
         writer.finish()
-    return out
 
 
 def _block_size(k: int, dim: int) -> int:
@@ -360,25 +456,26 @@ def topk_tolerance(tol: float, dtype: torch.dtype) -> float:
 
 
 def _run_topk(
-    out: Path, model: ScoreModel, x0: torch.Tensor, times: np.ndarray, alpha: np.ndarray,
-    sigma: np.ndarray, opts: EstimateOptions, k: int, batch_size: int, progress: bool,
-    path: AutodiffPath,
+    target: Path, setup: _Setup, opts: EstimateOptions, progress: bool, sweep: distributed.Sweep
 ) -> None:
-    """Top-k spectra, chunk of anchors by chunk, times in order within a chunk: the right singular
-    vectors at one time start the next time's block (the rest of each start block is random,
-    keyed by (seed, anchor, time)). A chunk interrupted part-way is replayed from its first time
-    on resume (without rewriting what is done), so the warm starts, hence the values, are those of
-    an uninterrupted run."""
-    dim = math.prod(x0.shape[1:])
+    """Top-k spectra into `target`, chunk of anchors by chunk (this rank's chunks), times in
+    order within a chunk: the right singular vectors at one time start the next time's block
+    (the rest of each start block is random, keyed by (seed, anchor, time)). A chunk interrupted
+    part-way is replayed from its first time on resume (without rewriting what is done), so the
+    warm starts, hence the values, are those of an uninterrupted run."""
+    model, x0, times, k, dim = setup.model, setup.x0_t, setup.times, setup.k, setup.dim
+    alpha, sigma, batch_size, path = setup.alpha, setup.sigma, setup.batch_size, setup.path
     b = _block_size(k, dim)
     tol = topk_tolerance(opts.tol, x0.dtype)
     unconverged = 0
-    per_chunk = max(1, batch_size // b)
-    with store.TrajectoryWriter(out) as writer:
+    per_chunk = _per_chunk(setup)
+    with store.TrajectoryWriter(target) as writer:
         done = writer.done
         bar = tqdm(total=done.size, initial=int(done.sum()), disable=not progress or None,
                    unit="jac", desc="spectra topk", leave=False)
         for start in range(0, len(x0), per_chunk):
+            if not sweep.owns(start // per_chunk):
+                continue
             idx = np.arange(start, min(start + per_chunk, len(x0)))
             if done[idx].all():
                 continue

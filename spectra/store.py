@@ -188,6 +188,29 @@ class TrajectoryWriter:
         self.file.flush()
 
 
+def merge(path: str | Path, part: str | Path) -> int:
+    """Copy into run `path` the (anchor, time) values that run `part` (a shard of the same run:
+    same `created` stamp) has done and `path` has not: values first, then `done`. Returns how
+    many were merged; `part` is left as it is."""
+    with open_checked(part) as src, open_checked(path, "r+") as dst:
+        if _decode(src.attrs.get("created")) != _decode(dst.attrs.get("created")):
+            raise SpectraError(f"{part} is not a shard of {path} (another run's leftover); remove it")
+        new = src["done"][()] & ~dst["done"][()]
+        if not new.any():
+            return 0
+        for name in VALUE_DATASETS + SCALAR_DATASETS + PRODUCT_DATASETS + ("points",):
+            if name in dst:
+                values = dst[name][()]
+                values[new] = src[name][()][new]
+                dst[name][...] = values
+        dst.flush()
+        dst["done"][...] = dst["done"][()] | new
+        if dst["done"][()].all():
+            dst.attrs["complete"] = True
+        dst.flush()
+        return int(new.sum())
+
+
 @dataclass
 class Trajectory:
     """A run file's arrays and metadata (what spectra.load returns)."""

@@ -30,13 +30,16 @@ def tiny():
 
 
 class Killer(TinyNet):
-    """Sends itself SIGKILL on forward call number SPECTRA_TEST_KILL_AT (a crash mid-run)."""
+    """Sends itself SIGKILL on forward call number SPECTRA_TEST_KILL_AT (a crash mid-run); under
+    torchrun only on rank SPECTRA_TEST_KILL_RANK when that is set."""
 
     calls = 0
 
     def forward(self, x, t):
         Killer.calls += 1
-        if Killer.calls == int(os.environ.get("SPECTRA_TEST_KILL_AT", "0")):
+        rank = os.environ.get("SPECTRA_TEST_KILL_RANK")
+        mine = rank is None or os.environ.get("RANK") == rank
+        if mine and Killer.calls == int(os.environ.get("SPECTRA_TEST_KILL_AT", "0")):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(x, t)
 

@@ -1,0 +1,87 @@
+"""Distributed sweeps under torchrun: anchors sharded across ranks, one run file at the end.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `current()` joins the process group (gloo on the
+CPU, nccl with --device cuda, where rank r uses cuda:LOCAL_RANK). Without torchrun it is a
+one-rank sweep and nothing here communicates. The protocol (spectra.estimate runs it):
+
+1. Every rank checks the options, loads the model and builds the same anchors and times; rank 0
+   alone touches RUN.h5 (merging leftover shards of an interrupted sweep first, then creating
+   or resuming it). Every rank's outcome is shared (`agree`), so a refusal anywhere stops all
+   ranks with the same one-line error and no file changed by the others.
+2. Rank r copies RUN.h5 to its shard RUN.h5.rank{r} and fills the anchor chunks c with
+   c mod world = r, in the chunk layout of a one-process run, so the values are the same.
+3. After a barrier rank 0 merges the shards into RUN.h5 (values first, then `done`) and removes
+   them. A killed rank takes the sweep down (torchrun stops the others); `--resume`, with any
+   number of ranks or none, merges what each shard certified and computes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from spectra.errors import SpectraError
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """This process's place in a sweep: rank r of `world` processes (0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    def owns(self, chunk: int) -> bool:
+        """Whether anchor chunk number `chunk` is this rank's."""
+        return chunk % self.world == self.rank
+
+    def agree(self, error: str | None) -> None:
+        """Share each rank's outcome of a step; raise SpectraError (the first rank's message)
+        on every rank if any rank failed. Also a barrier."""
+        if self.world == 1:
+            if error is not None:
+                raise SpectraError(error)
+            return
+        outcomes: list[str | None] = [None] * self.world
+        dist.all_gather_object(outcomes, error)
+        failed = [e for e in outcomes if e is not None]
+        if failed:
+            raise SpectraError(failed[0])
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def shard(self, out: Path) -> Path:
+        """This rank's shard file beside RUN.h5."""
+        return shard_path(out, self.rank)
+
+
+def shard_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.rank{rank}")
+
+
+def shards(out: Path) -> list[Path]:
+    """Shard files of RUN.h5 left by a sweep, in rank order."""
+    found = [p for p in out.parent.glob(f"{out.name}.rank*") if p.name[len(out.name) + 5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(out.name) + 5:]))
+
+
+def current(device: str = "auto") -> Sweep:
+    """The sweep this process belongs to, joining torchrun's process group on first use."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Sweep()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
+        try:
+            dist.init_process_group(backend)
+        except Exception as exc:  # a broken launch environment
+            raise SpectraError(f"cannot join the torchrun process group ({backend}): {exc}") from None
+    return Sweep(rank, world, local)
