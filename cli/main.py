@@ -121,6 +121,36 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options
     click.echo(f"wrote {path}")
 
 
+@cli.command("train")
+@click.option("--data", required=True, help="Analytic data spec (.toml, kind gaussian or gmm).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
+@click.option("--steps", type=int, default=20000, show_default=True, help="Total optimizer steps.")
+@click.option("--n-train", type=int, default=None,
+              help="Train on N points drawn once (stored in the checkpoint) instead of fresh samples.")
+@click.option("--schedule", type=click.Choice(["ve", "vp", "ddpm"]), default=None,
+              help="Noise schedule [default: the data spec's, else ve].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--width", type=int, default=128, show_default=True, help="Hidden width.")
+@click.option("--depth", type=int, default=2, show_default=True, help="Residual blocks.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--ema", type=float, default=0.999, show_default=True, help="EMA decay.")
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True,
+              help="Steps between checkpoint writes.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint's step.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+    """Train a small score network on synthetic data into a self-describing checkpoint."""
+    from spectra.train import TrainOptions, read_checkpoint, train
+
+    path = train(out, TrainOptions(**options), resume=resume, overwrite=overwrite, progress=not quiet)
+    ck = read_checkpoint(path)
+    losses = ck["losses"]
+    last = f", mean loss of the last {50} steps {float(losses[-1]):.4g}" if len(losses) else ""
+    click.echo(f"wrote {path}: step {int(ck['step'])}{last}")
+
+
 @cli.command("info")
 @click.argument("run", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")

@@ -70,6 +70,9 @@ def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
     except json.JSONDecodeError:
         config = {}
     kind = config.get("kind")
+    if kind == "trained":  # a `spectra train` network: the theory of the data it learned
+        config = config.get("train", {}).get("data_spec", {})
+        kind = config.get("kind")
     if kind == "gaussian":
         table = {k: v for k, v in config.items() if k != "spec_file"}
         return LinearTheory.from_manifold(manifold_from_table(table, f"{traj.path} model_config"))

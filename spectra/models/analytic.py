@@ -155,7 +155,10 @@ class GaussianMixture(ScoreModel):
         comp = rng.choice(len(self.weights), size=n, p=self.weights)
         z = rng.standard_normal((n, self.eigenvalues.shape[1]))
         scaled = np.sqrt(self.eigenvalues[comp]) * z
-        x = self.means[comp] + np.einsum("ndr,nr->nd", self.bases[comp], scaled)
+        x = self.means[comp].copy()
+        for k in np.unique(comp):  # one matmul per component (no (n, D, r) copy of the bases)
+            rows = comp == k
+            x[rows] += scaled[rows] @ self.bases[k].T
         return x.reshape((n, *self.shape))
 
 

@@ -11,6 +11,7 @@ Forms:
   sigma(t), predicts the score) or `vp` (called with 999 t, predicts eps); `parameterization`
   overrides the prediction.
 * `diffusers:FOLDER`: a saved diffusers UNet2DModel with its scheduler (spectra.models.diffusers_model).
+* `CK.pt`: a checkpoint written by `spectra train` (spectra.train; read with weights_only=True).
 * omitted (None): the shipped demo model.
 
 A `kind = "network"` TOML spec names its factory and may set `interface = "plain" | "edm" |
@@ -64,11 +65,10 @@ def load_model(
         spec = demo_spec()
     prefix, _, rest = spec.partition(":")
     if spec.endswith(".pt"):
-        raise SpectraError(
-            f"model spec {spec!r}: spectra checkpoints are not supported by this version "
-            "(use a .toml spec, a factory or diffusers:FOLDER)"
-        )
-    if prefix == "diffusers":
+        from spectra.train import load_trained
+
+        model = load_trained(spec, spec)
+    elif prefix == "diffusers":
         model = load_diffusers(rest, spec, parameterization)
     elif prefix in INTERFACES and rest:
         model = _from_factory(rest, schedule, parameterization, shape, interface=prefix)
@@ -88,7 +88,14 @@ def load_model(
 def _from_toml(
     path: Path, schedule: str | None, parameterization: str | None, shape
 ) -> ScoreModel:
-    table = read_toml(path)
+    return model_from_table(read_toml(path), path, schedule, parameterization, shape)
+
+
+def model_from_table(
+    table: dict[str, Any], path: Path, schedule: str | None = None,
+    parameterization: str | None = None, shape=None,
+) -> ScoreModel:
+    """The model of a parsed TOML spec; `path` names it in errors and anchors relative paths."""
     where = str(path)
     kind = take(table, "kind", str, where)
     sched_table = take(table, "schedule", dict, where, {"name": "ve"})

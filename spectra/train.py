@@ -1,0 +1,330 @@
+"""Small score networks on synthetic data (`spectra train`), with self-describing checkpoints.
+
+The network is [V]'s residual MLP: an input layer, `depth` residual blocks of two linear layers
+with SiLU, each block shifted by a learned embedding of the noise level, and an output layer. It
+predicts eps (theory.md 2) with an input scaling that keeps its inputs O(1) at every noise level:
+
+    epshat(x, t) = F(c_in x, c_noise),   c_in = 1 / sqrt(alpha^2 v + sigma^2),
+    c_noise = log(tau) / 8 = log(sigma / alpha) / 4,
+
+where v is the data's mean variance per coordinate (measured on samples, stored in the config).
+Training minimizes denoising score matching, E ||epshat(alpha x0 + sigma eps, t) - eps||^2, with t
+uniform on the schedule's default range (log-uniform sigma under ve) and x0 drawn fresh from the
+data spec each step, or from a fixed set of `n_train` points drawn once (the memorizing regime of
+theory.md 3.5). Adam; the exponential moving average of the weights (EMA) is what gets analysed.
+
+Every random draw of step s comes from numpy's SeedSequence (seed, s), so training is
+deterministic on the CPU and a resumed run continues exactly as an uninterrupted one.
+
+The checkpoint (torch.save of plain containers; read with torch.load(weights_only=True)):
+`format = "spectra-checkpoint"`, `format_version`, `config` (JSON: data spec table, schedule,
+parameterization, network and training settings), `step`, `model`, `ema` and `optimizer` state
+dicts, `losses` (mean loss per logged interval) and `train_points` (n_train x D, or absent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from spectra.errors import SpectraError
+from spectra.models.base import ScoreModel
+from spectra.models.network import NetworkScoreModel
+from spectra.schedules import Schedule
+
+FORMAT = "spectra-checkpoint"
+FORMAT_VERSION = 1
+_LOG_EVERY = 50
+
+
+class ResidualMLP(torch.nn.Module):
+    """F(y, c_noise): y (B, D), c_noise (B,) -> (B, D); see the module docstring."""
+
+    def __init__(self, dim: int, width: int = 128, depth: int = 2, n_freq: int = 16) -> None:
+        super().__init__()
+        self.freqs = torch.nn.Parameter(torch.arange(1, n_freq + 1, dtype=torch.float32) * math.pi,
+                                        requires_grad=False)
+        self.embed = torch.nn.Sequential(torch.nn.Linear(2 * n_freq, width), torch.nn.SiLU(),
+                                         torch.nn.Linear(width, width))
+        self.inp = torch.nn.Linear(dim, width)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.ModuleList([torch.nn.Linear(width, width), torch.nn.Linear(width, width)])
+            for _ in range(depth)
+        )
+        self.out = torch.nn.Linear(width, dim)
+
+    def forward(self, y: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        angles = c_noise[:, None] * self.freqs
+        emb = self.embed(torch.cat([angles.sin(), angles.cos()], dim=1))
+        h = self.inp(y)
+        for first, second in self.blocks:
+            h = h + second(torch.nn.functional.silu(first(torch.nn.functional.silu(h + emb))))
+        return self.out(torch.nn.functional.silu(h))
+
+
+class TrainedScoreModel(NetworkScoreModel):
+    """A `spectra train` network: eps prediction through the input scaling of the module docstring,
+    with the data distribution it was trained on (fresh samples of the data spec)."""
+
+    def __init__(self, net: ResidualMLP, schedule: Schedule, config: dict[str, Any], data: ScoreModel,
+                 spec: str = "") -> None:
+        super().__init__(net, schedule, "eps", shape=(int(config["dim"]),), spec=spec,
+                         interface="spectra-train")
+        self.train_config = config
+        self.data = data
+
+    def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        alpha, sigma = (torch.tensor(v, dtype=torch.float64) for v in self.alpha_sigma(t))
+        scale = float(c_in(alpha, sigma, self.train_config["data_variance"]))
+        level = torch.full((x.shape[0],), float(c_noise(alpha, sigma)), dtype=x.dtype, device=x.device)
+        return self.module(x * scale, level)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.data.sample(n, rng)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "kind": "trained", "train": self.train_config}
+
+
+def c_in(alpha: torch.Tensor, sigma: torch.Tensor, variance: float) -> torch.Tensor:
+    """1 / sqrt(alpha^2 v + sigma^2): unit-scale network inputs."""
+    return torch.rsqrt(alpha**2 * variance + sigma**2)
+
+
+def c_noise(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """log(sigma / alpha) / 4 = log(tau) / 8: the noise-level input."""
+    return torch.log(sigma / alpha) / 4
+
+
+@dataclass
+class TrainOptions:
+    """Everything that determines a training run (stored in the checkpoint's config)."""
+
+    data: str = ""
+    steps: int = 20000
+    n_train: int | None = None
+    schedule: str | None = None
+    seed: int = 0
+    width: int = 128
+    depth: int = 2
+    batch_size: int = 256
+    lr: float = 1e-3
+    ema: float = 0.999
+    checkpoint_every: int = 1000
+
+
+def _validate(opts: TrainOptions) -> None:
+    if opts.steps < 1:
+        raise SpectraError(f"--steps must be at least 1, got {opts.steps}")
+    if opts.n_train is not None and opts.n_train < 1:
+        raise SpectraError(f"--n-train must be at least 1, got {opts.n_train}")
+    if opts.width < 1 or opts.depth < 0 or opts.batch_size < 1:
+        raise SpectraError("--width and --batch-size must be positive and --depth non-negative")
+    if not 0 <= opts.ema < 1:
+        raise SpectraError(f"--ema must be in [0, 1), got {opts.ema}")
+    if not opts.lr > 0:
+        raise SpectraError(f"--lr must be positive, got {opts.lr}")
+    if opts.seed < 0:
+        raise SpectraError(f"--seed must be non-negative, got {opts.seed}")
+
+
+def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
+    """The analytic model of the data spec, and the spec's table (kept in the checkpoint)."""
+    from spectra.models.specs import load_model
+    from spectra.spec_toml import read_toml
+
+    if not opts.data.endswith(".toml"):
+        raise SpectraError(f"--data must be an analytic spec (.toml), got {opts.data!r}")
+    table = read_toml(Path(opts.data))
+    if table.get("kind") not in ("gaussian", "gmm"):
+        raise SpectraError(f"{opts.data}: training data must be kind gaussian or gmm")
+    model = load_model(opts.data)
+    if model.shape is None or len(model.shape) != 1:
+        raise SpectraError(f"{opts.data}: training needs flat samples")
+    return model, table
+
+
+def _schedule(opts: TrainOptions, table: dict[str, Any]) -> Schedule:
+    if opts.schedule is not None:
+        if opts.schedule not in ("ve", "vp", "ddpm"):
+            raise SpectraError(f"--schedule for training must be ve, vp or ddpm, got {opts.schedule!r}")
+        return Schedule(opts.schedule)
+    return Schedule.from_dict(table.get("schedule", {"name": "ve"}))
+
+
+def _times(schedule: Schedule, n: int, rng: np.random.Generator) -> np.ndarray:
+    lo, hi = schedule.default_range
+    if schedule.integer_times:
+        return rng.integers(int(lo), int(hi) + 1, size=n).astype(np.float64)
+    return rng.uniform(lo, hi, size=n)
+
+
+def build_config(opts: TrainOptions) -> tuple[dict[str, Any], ScoreModel, np.ndarray | None]:
+    """(config, data model, training points or None) of a new training run."""
+    _validate(opts)
+    data, table = _data_model(opts)
+    schedule = _schedule(opts, table)
+    points = None
+    if opts.n_train is not None:
+        points = data.sample(opts.n_train, np.random.default_rng([opts.seed, 2**31]))
+    reference = points if points is not None else data.sample(4096, np.random.default_rng([opts.seed, 2**30]))
+    config = {
+        "options": dataclasses.asdict(opts),
+        "data_spec": {k: v for k, v in table.items()},
+        "data_spec_file": str(Path(opts.data).resolve()),
+        "schedule": schedule.to_dict(),
+        "parameterization": "eps",
+        "dim": int(data.shape[0]),
+        "data_variance": float(np.mean(np.var(reference, axis=0))) or 1.0,
+        "network": {"class": "ResidualMLP", "width": opts.width, "depth": opts.depth},
+    }
+    return config, data, points
+
+
+def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train (or continue training) and write the checkpoint at `out`; returns its path."""
+    out = Path(out)
+    if resume and overwrite:
+        raise SpectraError("--resume and --overwrite conflict: choose one")
+    exists = out.exists()
+    if exists and not (resume or overwrite):
+        raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+    if exists and overwrite:
+        read_checkpoint(out)  # only ever replace a spectra checkpoint
+    config, data, points = build_config(opts)
+    torch.manual_seed(opts.seed)
+    net = ResidualMLP(config["dim"], opts.width, opts.depth).double()
+    ema = ResidualMLP(config["dim"], opts.width, opts.depth).double()
+    ema.load_state_dict(net.state_dict())
+    optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    step, losses = 0, []
+    if exists and resume:
+        ck = read_checkpoint(out)
+        old = json.loads(ck["config"])
+        free = ("steps", "checkpoint_every")  # neither changes the weights of a given step
+        same = {k: v for k, v in old["options"].items() if k not in free}
+        new = {k: v for k, v in config["options"].items() if k not in free}
+        if same != new:
+            diff = ", ".join(k for k in sorted(new) if same.get(k) != new.get(k))
+            raise SpectraError(f"cannot resume {out}: options differ ({diff})")
+        net.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        optimizer.load_state_dict(ck["optimizer"])
+        step, losses = int(ck["step"]), list(ck["losses"].tolist())
+        config = {**old, "options": config["options"]}
+        if "train_points" in ck:
+            points = ck["train_points"].numpy()
+    if out.parent and not out.parent.is_dir():
+        raise SpectraError(f"output folder does not exist: {out.parent}")
+
+    schedule = Schedule.from_dict(config["schedule"])
+    variance = config["data_variance"]
+    bar = tqdm(total=opts.steps, initial=step, disable=not progress or None, unit="step",
+               desc="spectra train", leave=False)
+    running = 0.0
+    while step < opts.steps:
+        rng = np.random.default_rng([opts.seed, step])
+        if points is None:
+            x0 = data.sample(opts.batch_size, rng)
+        else:
+            x0 = points[rng.integers(0, len(points), size=opts.batch_size)]
+        t = _times(schedule, opts.batch_size, rng)
+        eps = rng.standard_normal(x0.shape)
+        alpha = torch.as_tensor(schedule.alpha(t))
+        sigma = torch.as_tensor(schedule.sigma(t))
+        x0_t, eps_t = torch.as_tensor(x0), torch.as_tensor(eps)
+        xt = alpha[:, None] * x0_t + sigma[:, None] * eps_t
+        pred = net(xt * c_in(alpha, sigma, variance)[:, None], c_noise(alpha, sigma))
+        loss = (pred - eps_t).pow(2).sum(1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(pn, 1 - opts.ema)
+        step += 1
+        running += loss.item()
+        if step % _LOG_EVERY == 0:
+            losses.append(running / _LOG_EVERY)
+            running = 0.0
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        bar.update(1)
+        if step % opts.checkpoint_every == 0 or step == opts.steps:
+            if not math.isfinite(loss.item()):
+                raise SpectraError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+            _save(out, config, step, net, ema, optimizer, losses, points)
+    bar.close()
+    return out
+
+
+def _save(out: Path, config: dict, step: int, net, ema, optimizer, losses: list[float],
+          points: np.ndarray | None) -> None:
+    """Write the checkpoint under a temporary name and rename it over `out` (never half-written)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(config, sort_keys=True),
+        "step": step,
+        "model": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "losses": torch.as_tensor(losses, dtype=torch.float64),
+    }
+    if points is not None:
+        payload["train_points"] = torch.as_tensor(points)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded with weights_only=True; one-line SpectraError for a
+    missing, corrupted or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectraError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable, truncated, or holding objects weights_only refuses
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpectraError(f"cannot read {path} as a spectra checkpoint: {first[:200]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise SpectraError(f"{path} is not a spectra checkpoint (no format {FORMAT!r})")
+    if ck.get("format_version") != FORMAT_VERSION:
+        raise SpectraError(f"{path} has checkpoint format_version {ck.get('format_version')}; "
+                           f"this spectra reads version {FORMAT_VERSION}")
+    missing = [k for k in ("config", "step", "model", "ema", "optimizer", "losses") if k not in ck]
+    if missing:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (missing {', '.join(missing)})")
+    return ck
+
+
+def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
+    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution."""
+    ck = read_checkpoint(path)
+    try:
+        config = json.loads(ck["config"])
+        net = ResidualMLP(config["dim"], config["network"]["width"], config["network"]["depth"])
+        net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
+    from spectra.models.specs import model_from_table
+
+    data = model_from_table(config["data_spec"], Path(config["data_spec_file"]))
+    if "train_points" in ck:
+        config = {**config, "n_train_points": int(ck["train_points"].shape[0])}
+    return TrainedScoreModel(net, Schedule.from_dict(config["schedule"]), config, data, spec)
