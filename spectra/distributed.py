@@ -1,15 +1,16 @@
 """Distributed sweeps under torchrun: anchors sharded across ranks, one run file at the end.
 
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `current()` joins the process group (gloo on the
-CPU, nccl with --device cuda, where rank r uses cuda:LOCAL_RANK). Without torchrun it is a
-one-rank sweep and nothing here communicates. The protocol (spectra.estimate runs it):
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `current()` joins the process group (gloo: only
+small objects and barriers cross ranks; with CUDA, rank r computes on cuda:LOCAL_RANK). Without
+torchrun it is a one-rank sweep and nothing here communicates. The protocol (spectra.estimate):
 
 1. Every rank checks the options, loads the model and builds the same anchors and times; rank 0
    alone touches RUN.h5 (merging leftover shards of an interrupted sweep first, then creating
    or resuming it). Every rank's outcome is shared (`agree`), so a refusal anywhere stops all
-   ranks with the same one-line error and no file changed by the others.
-2. Rank r copies RUN.h5 to its shard RUN.h5.rank{r} and fills the anchor chunks c with
-   c mod world = r, in the chunk layout of a one-process run, so the values are the same.
+   ranks with the same one-line error and no file changed by the others; then every rank takes
+   the chunk size and autodiff path recorded in RUN.h5, so all agree on the chunk layout.
+2. Rank r copies RUN.h5 to its shard RUN.h5.rank{r} (under a temporary name, then renamed) and
+   fills the anchor chunks c with c mod world = r, in the chunk layout of a one-process run.
 3. After a barrier rank 0 merges the shards into RUN.h5 (values first, then `done`) and removes
    them. A killed rank takes the sweep down (torchrun stops the others); `--resume`, with any
    number of ranks or none, merges what each shard certified and computes only the rest.
@@ -17,14 +18,17 @@ one-rank sweep and nothing here communicates. The protocol (spectra.estimate run
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from spectra.errors import SpectraError
+
+#: ranks with fewer chunks wait at the final barrier for the others: no practical time limit
+_TIMEOUT = datetime.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,8 @@ def current(device: str = "auto") -> Sweep:
         return Sweep()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        backend = "nccl" if cuda else "gloo"
-        try:
-            dist.init_process_group(backend)
+        try:  # gloo even with CUDA: only small objects and barriers cross ranks
+            dist.init_process_group("gloo", timeout=_TIMEOUT)
         except Exception as exc:  # a broken launch environment
-            raise SpectraError(f"cannot join the torchrun process group ({backend}): {exc}") from None
+            raise SpectraError(f"cannot join the torchrun process group: {exc}") from None
     return Sweep(rank, world, local)

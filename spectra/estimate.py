@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -213,7 +214,8 @@ def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
         attrs = {k: store._decode(v) for k, v in f.attrs.items()}
     old = json.loads(attrs.get("options") or "{}")
     new = opts.to_dict()
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    # the chunk size changes no value (only the grouping of anchors), so a resume may set another
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "batch_size"]
     if diff:
         parts = ", ".join(f"{k} ({old.get(k)!r} in the file, {new.get(k)!r} now)" for k in diff)
         raise SpectraError(f"cannot resume {path}: options differ: {parts}")
@@ -259,11 +261,19 @@ def estimate(
     sweep.agree(error)
     if sweep.rank == 0 and old_attrs is None:
         _create(out, opts, setup, command)
+    elif sweep.rank == 0 and setup.batch_size != int(old_attrs["batch_size"]):
+        with store.TrajectoryWriter(out) as writer:  # resumed with a new --batch-size
+            writer.set_attrs(batch_size=setup.batch_size)
     sweep.barrier()
     target = out
-    if sweep.world > 1:
+    if sweep.world > 1:  # every rank takes rank 0's chunk size and path, then fills its shard
+        with store.open_checked(out) as f:
+            setup.batch_size = int(store._decode(f.attrs["batch_size"]))
+            setup.path = AutodiffPath.from_dict(json.loads(store._decode(f.attrs["autodiff"])))
         target = sweep.shard(out)
-        shutil.copyfile(out, target)
+        partial = target.with_name(target.name + ".tmp")
+        shutil.copyfile(out, partial)
+        os.replace(partial, target)
     progress = progress and sweep.rank == 0
     n_chunks = -(-len(setup.x0) // _per_chunk(setup))
     if sweep.rank == 0 and n_chunks < sweep.world:
@@ -315,10 +325,12 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     device = _device(opts.device, sweep)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
-    if old_attrs is not None:  # the recorded chunk layout: a resumed run's values stay identical
+    if old_attrs is not None and opts.batch_size is None:  # keep the recorded chunk layout
         batch_size = int(old_attrs["batch_size"])
+    elif old_attrs is None and opts.batch_size is None:
+        batch_size = default_batch_size(model, dim, dtype, device)
     else:
-        batch_size = opts.batch_size or default_batch_size(model, dim, dtype, device)
+        batch_size = opts.batch_size
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
@@ -331,6 +343,11 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
         path = probe_path(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target, opts.method)
     return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim), batch_size,
                   parse_step(opts.step), path, tf32)
+
+
+def _oom(t: float, batch_size: int) -> str:
+    return (f"out of GPU memory at t={t:g} with --batch-size {batch_size}: resume with "
+            "--resume and a smaller --batch-size (what is done is kept)")
 
 
 def _per_chunk(setup: _Setup) -> int:
@@ -346,12 +363,17 @@ def _settle_shards(out: Path, opts: EstimateOptions, resume: bool, overwrite: bo
     parts = distributed.shards(out)
     if not parts:
         return
-    if resume and out.exists():
+    if resume and not out.exists():
+        raise SpectraError(f"{out} is missing but its sweep left {parts[0].name} and others: "
+                           "move one of them to the run's name to resume, or remove them")
+    if out.exists() and not (resume or overwrite):
+        return  # estimate refuses the existing file next
+    if resume:
         _check_resumable(out, opts)
         for part in parts:
             store.merge(out, part)
-    elif out.exists() and not overwrite:
-        return  # estimate refuses the existing file next
+    elif out.exists():
+        store.open_checked(out).close()  # --overwrite replaces only a spectra run
     for part in parts:
         part.unlink()
 
@@ -424,6 +446,8 @@ def _run_dense(
                     )
                 except SpectraError:
                     raise
+                except torch.cuda.OutOfMemoryError:
+                    raise SpectraError(_oom(t, setup.batch_size)) from None
                 except Exception as exc:  # the model does not support this method
                     raise SpectraError(
                         f"method {method_used} failed on the model at t={t:g}: "
@@ -493,6 +517,8 @@ def _run_topk(
                                   block_size=b, start=block, path=path)
                 except SpectraError:
                     raise
+                except torch.cuda.OutOfMemoryError:
+                    raise SpectraError(_oom(t, batch_size)) from None
                 except Exception as exc:  # the model lacks forward- or reverse-mode AD
                     raise SpectraError(
                         f"method topk failed on the model at t={t:g}: {type(exc).__name__}: "

@@ -197,6 +197,9 @@ def merge(path: str | Path, part: str | Path) -> int:
             raise SpectraError(f"{part} is not a shard of {path} (another run's leftover); remove it")
         new = src["done"][()] & ~dst["done"][()]
         if not new.any():
+            if dst["done"][()].all() and not dst.attrs.get("complete"):
+                dst.attrs["complete"] = True
+                dst.flush()
             return 0
         for name in VALUE_DATASETS + SCALAR_DATASETS + PRODUCT_DATASETS + ("points",):
             if name in dst:

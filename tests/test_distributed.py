@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import spectra
+import spectra.store
 
 ASSETS = Path(__file__).parent / "assets"
 COMPARED = ("singular_values", "sym_eigenvalues", "asymmetry", "residuals", "jvp_products",
@@ -83,3 +84,28 @@ def test_plain_resume_folds_in_the_shards(tmp_path, data):
     assert res.returncode == 0, res.stderr
     assert_same_values(ref, run)
     assert not list(tmp_path.glob("run.h5.rank*"))
+
+
+def test_merge_marks_a_fully_done_run_complete(tmp_path, data):
+    run = tmp_path / "run.h5"
+    assert estimate(run, data, "--batch-size", "16").returncode == 0
+    shard = tmp_path / "run.h5.rank0"
+    shard.write_bytes(run.read_bytes())
+    import h5py
+
+    with h5py.File(run, "r+") as f:  # killed between the last `done` and `complete`
+        f.attrs["complete"] = False
+    assert spectra.store.merge(run, shard) == 0
+    assert spectra.load(run).complete
+
+
+def test_resume_may_change_the_batch_size(tmp_path, data):
+    ref, run = tmp_path / "ref.h5", tmp_path / "run.h5"
+    assert estimate(ref, data, "--batch-size", "16").returncode == 0
+    assert estimate(run, data, "--batch-size", "16", kill_at=8).returncode == -signal.SIGKILL
+    res = estimate(run, data, "--batch-size", "48", "--resume")
+    assert res.returncode == 0, res.stderr
+    final, full = spectra.load(run), spectra.load(ref)
+    assert final.complete and final.attrs["batch_size"] == 48
+    # another grouping of anchors: equal up to rounding (the smallest values are ~1e-19 apart)
+    np.testing.assert_allclose(final["singular_values"], full["singular_values"], rtol=1e-12, atol=1e-14)

@@ -11,11 +11,14 @@ reverse mode either), and its native group_norm forward-mode rule fails on non-c
 * F.group_norm is computed from its definition, (x - mean) / sqrt(var + eps) * weight + bias over
   each group, the same function up to rounding.
 
-Both are restored on exit. `CONTEXTS` names the contexts recorded in run files.
+Both are restored on exit. The patch is process-wide (so are torch's SDPA backend flags): a lock
+keeps two threads from interleaving their contexts, and the model's other threads see the patched
+group_norm while a context is open. `CONTEXTS` names the contexts recorded in run files.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 CONTEXTS = ("default", "forward-ad-safe")
+_LOCK = threading.RLock()
 
 
 def group_norm_by_definition(
@@ -49,13 +53,14 @@ def group_norm_by_definition(
 @contextmanager
 def forward_ad_safe() -> Iterator[None]:
     """Math attention and group_norm by definition (module docstring) for the block's duration."""
-    native = F.group_norm
-    F.group_norm = group_norm_by_definition
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        F.group_norm = native
+    with _LOCK:
+        native = F.group_norm
+        F.group_norm = group_norm_by_definition
+        try:
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        finally:
+            F.group_norm = native
 
 
 def in_context(fn: Callable[[torch.Tensor], torch.Tensor], context: str) -> Callable:

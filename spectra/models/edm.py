@@ -7,7 +7,8 @@ A preconditioned denoiser is D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) w
 
 and D is the x0 prediction (theory.md 2). `edm:file.py:factory` takes a factory returning such a
 module, called as `module(x, sigma)` (and with `force_fp32=True` where its forward accepts it, as
-EDM's EDMPrecond does, so no half precision runs); `EDMPrecond` builds one from a raw network F.
+EDM's EDMPrecond does, so no half precision runs; such a module computes in float32, so runs
+need --dtype float32); `EDMPrecond` builds one from a raw network F.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ class EDMPrecond(torch.nn.Module):
         return c_skip * x + c_out * self.raw(c_in * x, c_noise.flatten())
 
 
+class EDMScoreModel(NetworkScoreModel):
+    """An edm: model. Modules of EDM's own codebase (they carry `use_fp16`) cast their network
+    input to float32 whatever their weights are, so they run in float32 only."""
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> EDMScoreModel:
+        if dtype != torch.float32 and hasattr(self.module, "use_fp16"):
+            raise SpectraError(
+                f"{type(self.module).__name__} (EDM's codebase) runs its network in float32: "
+                "use --dtype float32"
+            )
+        return super().to(device, dtype)
+
+
 def edm_model(module: torch.nn.Module, spec: str, shape: tuple[int, ...] | None,
               parameterization: str | None = None, schedule: str | None = None) -> NetworkScoreModel:
     """Wrap a preconditioned denoiser module: x0 prediction under schedule edm, whose
@@ -62,7 +76,7 @@ def edm_model(module: torch.nn.Module, spec: str, shape: tuple[int, ...] | None,
         takes_fp32 = "force_fp32" in inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         takes_fp32 = False
-    return NetworkScoreModel(
+    return EDMScoreModel(
         module, Schedule("edm", params), "x0", shape=shape, spec=spec, time_label="sigma",
         call_kwargs={"force_fp32": True} if takes_fp32 else None, interface="edm",
     )

@@ -41,11 +41,13 @@ def exact_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class EdmStyle(torch.nn.Module):
-    """Like EDM's EDMPrecond: forward(x, sigma, class_labels=None, force_fp32=False) -> D(x; sigma);
-    refuses to run unless force_fp32 is set (EDM would run the network in fp16 otherwise)."""
+    """Like EDM's EDMPrecond: forward(x, sigma, class_labels=None, force_fp32=False) -> D(x; sigma),
+    with a `use_fp16` flag, computing in float32 whatever the weights (EDM casts the network
+    input); refuses to run unless force_fp32 is set (EDM would run in fp16 otherwise)."""
 
     sample_shape = (D,)
     sigma_min, sigma_max, sigma_data = 0.01, 20.0, SIGMA_DATA
+    use_fp16 = False
 
     def __init__(self):
         super().__init__()
@@ -54,6 +56,7 @@ class EdmStyle(torch.nn.Module):
     def forward(self, x, sigma, class_labels=None, force_fp32=False):
         if not force_fp32:
             raise RuntimeError("force_fp32 was not set")
+        x, sigma = x.to(torch.float32), sigma.to(torch.float32)
         return self.scale * exact_denoiser(x, sigma)
 
 
