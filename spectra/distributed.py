@@ -62,20 +62,16 @@ class Sweep:
 
     def shard(self, out: Path) -> Path:
         """This rank's shard file beside RUN.h5."""
-        return shard_path(out, self.rank)
-
-
-def shard_path(out: Path, rank: int) -> Path:
-    return out.with_name(f"{out.name}.rank{rank}")
+        return out.with_name(f"{out.name}.rank{self.rank}")
 
 
 def shards(out: Path) -> list[Path]:
     """Shard files of RUN.h5 left by a sweep, in rank order."""
-    found = [p for p in out.parent.glob(f"{out.name}.rank*") if p.name[len(out.name) + 5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(out.name) + 5:]))
+    ranks = {p: p.name[len(out.name) + len(".rank"):] for p in out.parent.glob(f"{out.name}.rank*")}
+    return sorted((p for p, r in ranks.items() if r.isdigit()), key=lambda p: int(ranks[p]))
 
 
-def current(device: str = "auto") -> Sweep:
+def current() -> Sweep:
     """The sweep this process belongs to, joining torchrun's process group on first use."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

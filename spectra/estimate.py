@@ -208,10 +208,22 @@ def _validate(opts: EstimateOptions) -> None:
     parse_step(opts.step)
 
 
+def _attrs(path: Path) -> dict[str, Any]:
+    """A run file's root attributes, decoded."""
+    with store.open_checked(path) as f:
+        return {k: store._decode(v) for k, v in f.attrs.items()}
+
+
+def _recorded_path(attrs: dict[str, Any]) -> AutodiffPath:
+    """The autodiff path a run recorded (files from before the `autodiff` attribute: the plain
+    torch.func path of `method_used`)."""
+    recorded = attrs.get("autodiff")
+    return AutodiffPath.from_dict(json.loads(recorded)) if recorded else AutodiffPath(attrs["method_used"])
+
+
 def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
     """The existing file's attributes, if it is a run with the same options."""
-    with store.open_checked(path) as f:
-        attrs = {k: store._decode(v) for k, v in f.attrs.items()}
+    attrs = _attrs(path)
     old = json.loads(attrs.get("options") or "{}")
     new = opts.to_dict()
     # the chunk size changes no value (only the grouping of anchors), so a resume may set another
@@ -236,7 +248,7 @@ def estimate(
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
     _validate(opts)
-    sweep = distributed.current(opts.device)
+    sweep = distributed.current()
     error = None
     if sweep.rank == 0:
         try:
@@ -267,9 +279,8 @@ def estimate(
     sweep.barrier()
     target = out
     if sweep.world > 1:  # every rank takes rank 0's chunk size and path, then fills its shard
-        with store.open_checked(out) as f:
-            setup.batch_size = int(store._decode(f.attrs["batch_size"]))
-            setup.path = AutodiffPath.from_dict(json.loads(store._decode(f.attrs["autodiff"])))
+        attrs = _attrs(out)
+        setup.batch_size, setup.path = int(attrs["batch_size"]), _recorded_path(attrs)
         target = sweep.shard(out)
         partial = target.with_name(target.name + ".tmp")
         shutil.copyfile(out, partial)
@@ -325,20 +336,15 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     device = _device(opts.device, sweep)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
-    if old_attrs is not None and opts.batch_size is None:  # keep the recorded chunk layout
-        batch_size = int(old_attrs["batch_size"])
-    elif old_attrs is None and opts.batch_size is None:
-        batch_size = default_batch_size(model, dim, dtype, device)
-    else:
-        batch_size = opts.batch_size
+    # an explicit --batch-size, else the recorded chunk layout (resume), else the default
+    batch_size = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None
+                                     else default_batch_size(model, dim, dtype, device))
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     if old_attrs is not None:
-        recorded = old_attrs.get("autodiff")
-        path = (AutodiffPath.from_dict(json.loads(recorded)) if recorded
-                else AutodiffPath(old_attrs["method_used"]))
+        path = _recorded_path(old_attrs)
     else:
         path = probe_path(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target, opts.method)
     return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim), batch_size,

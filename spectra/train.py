@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 from spectra.models.base import ScoreModel
 from spectra.models.network import NetworkScoreModel
 from spectra.schedules import Schedule
@@ -139,7 +139,7 @@ def _validate(opts: TrainOptions) -> None:
 
 def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
     """The analytic model of the data spec, and the spec's table (kept in the checkpoint)."""
-    from spectra.models.specs import load_model
+    from spectra.models.specs import model_from_table
     from spectra.spec_toml import read_toml
 
     if not opts.data.endswith(".toml"):
@@ -147,7 +147,7 @@ def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
     table = read_toml(Path(opts.data))
     if table.get("kind") not in ("gaussian", "gmm"):
         raise SpectraError(f"{opts.data}: training data must be kind gaussian or gmm")
-    model = load_model(opts.data)
+    model = model_from_table(table, Path(opts.data))
     if model.shape is None or len(model.shape) != 1:
         raise SpectraError(f"{opts.data}: training needs flat samples")
     return model, table
@@ -179,7 +179,7 @@ def build_config(opts: TrainOptions) -> tuple[dict[str, Any], ScoreModel, np.nda
     reference = points if points is not None else data.sample(4096, np.random.default_rng([opts.seed, 2**30]))
     config = {
         "options": dataclasses.asdict(opts),
-        "data_spec": {k: v for k, v in table.items()},
+        "data_spec": dict(table),
         "data_spec_file": str(Path(opts.data).resolve()),
         "schedule": schedule.to_dict(),
         "parameterization": "eps",
@@ -300,7 +300,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable, truncated, or holding objects weights_only refuses
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise SpectraError(f"cannot read {path} as a spectra checkpoint: {first[:200]}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise SpectraError(f"{path} is not a spectra checkpoint (no format {FORMAT!r})")

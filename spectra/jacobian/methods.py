@@ -166,7 +166,6 @@ def jacobian_at(
     """Dense Jacobians (N, D, D) of `target` at `points` (N, *shape), time t, by `method`
     (not `auto`: resolve it with probe_path first), on `path` (default: torch.func, as it is).
     directions: None (basis) or (N, D, D) orthogonal matrices."""
-    fn = _target_fn(model, t, target)
     if method in ("jvp", "vjp"):
         op = make_operator(model, points, t, target, path or AutodiffPath(method), batch_size)
         if method == "vjp" and directions is not None:
@@ -177,7 +176,7 @@ def jacobian_at(
         scheme = method.removeprefix("fd-")
         sigma = float(model.schedule.sigma(t))
         h = finite_difference_step(step, points, sigma, scheme)
-        op = FiniteDifferenceJacobian(fn, points, batch_size, h, scheme)
+        op = FiniteDifferenceJacobian(_target_fn(model, t, target), points, batch_size, h, scheme)
         return dense_jacobian(op, directions)
     raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
 

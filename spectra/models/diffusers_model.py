@@ -13,6 +13,8 @@ FOLDER holds either both configs side by side (`config.json` and `scheduler_conf
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,8 @@ class DiffusersScoreModel(NetworkScoreModel):
     def to(self, device: torch.device | str, dtype: torch.dtype) -> DiffusersScoreModel:
         """All parameters in `dtype` (spectra runs float32 or float64 end to end); diffusers'
         advice to keep some modules in float32 is meant for half precision and is silenced."""
-        import diffusers
-
-        verbosity = diffusers.utils.logging.get_verbosity()
-        diffusers.utils.logging.set_verbosity_error()
-        try:
+        with _quiet():
             self.module.to(device=device, dtype=dtype)
-        finally:
-            diffusers.utils.logging.set_verbosity(verbosity)
         return self
 
     def call(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
@@ -56,6 +52,19 @@ class DiffusersScoreModel(NetworkScoreModel):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), **self.details}
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """diffusers' logging at error level for the block (its warnings are meant for other uses)."""
+    import diffusers
+
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -98,15 +107,12 @@ def load_diffusers(folder: str, spec: str, parameterization: str | None = None) 
     if model_cls is None or sched_cls is None:
         missing = model_cfg["_class_name"] if model_cls is None else sched_cfg["_class_name"]
         raise SpectraError(f"diffusers {diffusers.__version__} has no class {missing!r}")
-    verbosity = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()  # no advice about optional packages
     try:
-        module = model_cls.from_pretrained(model_dir, local_files_only=True)
-        scheduler = sched_cls.from_config(sched_cfg)
+        with _quiet():  # no advice about optional packages
+            module = model_cls.from_pretrained(model_dir, local_files_only=True)
+            scheduler = sched_cls.from_config(sched_cfg)
     except Exception as exc:  # third-party loading: any failure is a bad model folder
         raise SpectraError(f"cannot load {folder}: {type(exc).__name__}: {first_line(exc)}") from None
-    finally:
-        diffusers.utils.logging.set_verbosity(verbosity)
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is None:
         raise SpectraError(f"scheduler {sched_cls.__name__} has no alphas_cumprod table")
