@@ -104,13 +104,22 @@ def is_trivial(row: np.ndarray, delta: float) -> bool | None:
 
 
 def manifold_gap_position(row: np.ndarray, delta: float) -> int | None:
-    """Position of the manifold gap in one descending spectrum: the widest visible gap with every
-    known value below it within delta of -1 (the normal directions); None if there is none."""
+    """Position of the manifold gap in one descending spectrum: the widest visible gap whose known
+    values below it are the normal directions. For an exact score these are the atom at -1
+    (theory.md 3.2): if any value below the gap lies within delta of -1, all must. A trained
+    network's normal directions form a bulk instead ([V]): when no value below the gap is within
+    delta of -1, they count as normal if all lie below -1/2 (closer to -1 than to the tangent
+    value 0) and spread over less than the gap's width. None if no gap qualifies."""
     widths = gap_widths(row)
     best, best_width = None, delta
     for p in np.nonzero(np.nan_to_num(widths, nan=-np.inf) > delta)[0] + 1:
-        below = row[p:]
-        if np.all(np.abs(below[~np.isnan(below)] + 1) < delta) and widths[p - 1] > best_width:
+        below = row[p:][~np.isnan(row[p:])]
+        near = np.abs(below + 1) < delta
+        if near.any():
+            normal = bool(near.all())
+        else:
+            normal = below.size > 0 and below.max() < -0.5 and np.ptp(below) < widths[p - 1]
+        if normal and widths[p - 1] > best_width:
             best, best_width = int(p), widths[p - 1]
     return best
 

@@ -151,11 +151,19 @@ def test_measured_trivial_phase_is_two_sided_and_manifold_gap_needs_the_normal_c
     tau = np.array([1.0])
     assert analysis.measured_phases(tau, np.array([[-0.95, -1.5, -2.0]]), 0.1)["trivial_end_tau"] is None
     assert analysis.measured_phases(tau, np.array([[-0.95, -1.0, -1.05]]), 0.1)["trivial_end_tau"] == 1.0
-    # a visible gap with values far from -1 below it is intermediate, not the manifold gap
-    ph = analysis.measured_phases(tau, np.array([[-0.1, -0.5, -0.6, -0.8]]), 0.1)
-    assert ph["manifold_gap_index"] is None and [g["index"] for g in ph["intermediate_gaps"]] == [1, 3]
-    ph = analysis.measured_phases(tau, np.array([[-0.1, -0.5, -1.0, -1.0]]), 0.1)
-    assert ph["manifold_gap_index"] == 2 and [g["index"] for g in ph["intermediate_gaps"]] == [1]
+    # a visible gap with values far from -1, or spread wider than the gap, below it is intermediate
+    ph = analysis.measured_phases(tau, np.array([[-0.02, -0.05, -0.4, -0.45, -1.0, -1.0]]), 0.1)
+    assert ph["manifold_gap_index"] == 4 and [g["index"] for g in ph["intermediate_gaps"]] == [2]
+    ph = analysis.measured_phases(tau, np.array([[-0.1, -0.3, -0.45, -0.48]]), 0.1)
+    assert ph["manifold_gap_index"] is None and [g["index"] for g in ph["intermediate_gaps"]] == [1, 2]
+    ph = analysis.measured_phases(tau, np.array([[-0.02, -0.3, -0.6, -0.95, -1.0]]), 0.1)
+    assert ph["manifold_gap_index"] == 3 and [g["index"] for g in ph["intermediate_gaps"]] == [1, 2]
+    # a trained network's normal bulk (not the atom at -1) still marks the manifold gap ...
+    ph = analysis.measured_phases(tau, np.array([[-0.01, -0.03, -0.55, -0.6, -0.7]]), 0.1)
+    assert ph["manifold_gap_index"] == 2 and ph["intermediate_gaps"] == []
+    # ... but not one that is too spread, or half in the atom
+    for row in ([-0.01, -0.3, *np.linspace(-0.55, -0.85, 7)], [-0.01, -0.03, *np.linspace(-0.6, -1.0, 6)]):
+        assert analysis.measured_phases(tau, np.array([row]), 0.1)["manifold_gap_index"] is None
 
 
 def test_measured_phases_of_the_exact_spectrum_fall_within_one_grid_step():
