@@ -22,7 +22,7 @@ import scipy
 from common import write
 
 from spectra.compare import density_grid
-from spectra.models import demo_spec
+from spectra.models import demo_manifold_spec
 from spectra.spec_toml import load_manifold
 from spectra.theory.manifold import LinearManifold
 from spectra.theory.prediction import LinearTheory
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     tau, grid = np.geomspace(1e-4, 1e3, 200), density_grid(1000)
     cases = {
-        "demo D=100 m=40": load_manifold(demo_spec()),
+        "demo D=100 m=40": load_manifold(demo_manifold_spec()),
         "two-variance D=2000 m=800": LinearManifold(2000, np.r_[np.full(400, 1.0), np.full(400, 0.05)],
                                                     "gaussian", seed=0),
     }

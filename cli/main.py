@@ -139,12 +139,15 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options
               help="Steps between checkpoint writes.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint's step.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
+@click.option("--slim", is_flag=True,
+              help="Final checkpoint with the EMA weights only (for shipping; cannot be resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+def train_cmd(out: str, resume: bool, overwrite: bool, slim: bool, quiet: bool, **options) -> None:
     """Train a small score network on synthetic data into a self-describing checkpoint."""
     from spectra.train import TrainOptions, read_checkpoint, train
 
-    path = train(out, TrainOptions(**options), resume=resume, overwrite=overwrite, progress=not quiet)
+    path = train(out, TrainOptions(**options), resume=resume, overwrite=overwrite, progress=not quiet,
+                 slim=slim)
     ck = read_checkpoint(path)
     losses = ck["losses"]
     last = f", mean loss of the last {50} steps {float(losses[-1]):.4g}" if len(losses) else ""

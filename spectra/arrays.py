@@ -1,7 +1,8 @@
 """Read sample arrays (N, *shape) from .npy, .npz and .h5 files, safely.
 
 .npy/.npz are read with allow_pickle=False; .npz and .h5 files holding several arrays must name
-one `x` (or `data` / `samples`); a file with a single array needs no name.
+one `x` (or `data` / `samples`); a file with a single array needs no name. A `spectra train`
+checkpoint (.pt, read with weights_only=True) gives the training points it stores (`--n-train`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def load_array(path: str | Path) -> np.ndarray:
                 if not names:
                     raise SpectraError(f"{path} holds no dataset")
                 arr = f[_pick(names, path)][()]
+        elif suffix == ".pt":
+            arr = _train_points(path)
         else:
-            raise SpectraError(f"unsupported data file type {suffix!r} (use .npy, .npz or .h5)")
+            raise SpectraError(f"unsupported data file type {suffix!r} (use .npy, .npz, .h5 or a "
+                               "spectra train checkpoint .pt)")
     except SpectraError:
         raise
     except (OSError, ValueError) as exc:
@@ -60,3 +64,13 @@ def load_array(path: str | Path) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise SpectraError(f"{path}: samples contain NaN or infinite values")
     return arr
+
+
+def _train_points(path: Path) -> np.ndarray:
+    from spectra.train import read_checkpoint
+
+    ck = read_checkpoint(path)
+    if "train_points" not in ck:
+        raise SpectraError(f"{path} was trained on fresh samples: it stores no training points "
+                           "(train with --n-train N)")
+    return ck["train_points"].numpy()

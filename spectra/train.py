@@ -7,6 +7,11 @@ predicts eps (theory.md 2) with an input scaling that keeps its inputs O(1) at e
     epshat(x, t) = F(c_in x, c_noise),   c_in = 1 / sqrt(alpha^2 v + sigma^2),
     c_noise = log(tau) / 8 = log(sigma / alpha) / 4,
 
+and the noise level enters through sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4,
+k = 1..16: the slowest period, 8 in c_noise, spans sigma / alpha from e^-16 to e^16, so no two noise
+levels of a schedule alias (with omega_k = k pi, sigma = 0.01 and sigma = 50 under ve gave nearly the
+same embedding and the network could not fit both ends).
+
 where v is the data's mean variance per coordinate (measured on samples, stored in the config).
 Training minimizes denoising score matching, E ||epshat(alpha x0 + sigma eps, t) - eps||^2, with t
 uniform on the schedule's default range (log-uniform sigma under ve) and x0 drawn fresh from the
@@ -19,7 +24,8 @@ deterministic on the CPU and a resumed run continues exactly as an uninterrupted
 The checkpoint (torch.save of plain containers; read with torch.load(weights_only=True)):
 `format = "spectra-checkpoint"`, `format_version`, `config` (JSON: data spec table, schedule,
 parameterization, network and training settings), `step`, `model`, `ema` and `optimizer` state
-dicts, `losses` (mean loss per logged interval) and `train_points` (n_train x D, or absent).
+dicts (a `--slim` final checkpoint has no `model` and `optimizer`), `losses` (mean loss per logged
+interval) and `train_points` (n_train x D, or absent).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from spectra.errors import SpectraError, first_line
@@ -51,7 +58,7 @@ class ResidualMLP(torch.nn.Module):
 
     def __init__(self, dim: int, width: int = 128, depth: int = 2, n_freq: int = 16) -> None:
         super().__init__()
-        self.freqs = torch.nn.Parameter(torch.arange(1, n_freq + 1, dtype=torch.float32) * math.pi,
+        self.freqs = torch.nn.Parameter(torch.arange(1, n_freq + 1, dtype=torch.float32) * math.pi / 4,
                                         requires_grad=False)
         self.embed = torch.nn.Sequential(torch.nn.Linear(2 * n_freq, width), torch.nn.SiLU(),
                                          torch.nn.Linear(width, width))
@@ -73,14 +80,16 @@ class ResidualMLP(torch.nn.Module):
 
 class TrainedScoreModel(NetworkScoreModel):
     """A `spectra train` network: eps prediction through the input scaling of the module docstring,
-    with the data distribution it was trained on (fresh samples of the data spec)."""
+    with the data it was trained on: its training points (n_train, D) when it had a finite set,
+    else fresh samples of the data spec."""
 
     def __init__(self, net: ResidualMLP, schedule: Schedule, config: dict[str, Any], data: ScoreModel,
-                 spec: str = "") -> None:
+                 spec: str = "", train_points: np.ndarray | None = None) -> None:
         super().__init__(net, schedule, "eps", shape=(int(config["dim"]),), spec=spec,
                          interface="spectra-train")
         self.train_config = config
         self.data = data
+        self.train_points = train_points
 
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         alpha, sigma = (torch.tensor(v, dtype=torch.float64) for v in self.alpha_sigma(t))
@@ -89,7 +98,11 @@ class TrainedScoreModel(NetworkScoreModel):
         return self.module(x * scale, level)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.data.sample(n, rng)
+        """n anchors: training points (distinct while n <= n_train), else fresh data samples."""
+        if self.train_points is None:
+            return self.data.sample(n, rng)
+        count = len(self.train_points)
+        return self.train_points[rng.choice(count, n, replace=n > count)]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": "trained", "train": self.train_config}
@@ -168,8 +181,10 @@ def _times(schedule: Schedule, n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(lo, hi, size=n)
 
 
-def build_config(opts: TrainOptions) -> tuple[dict[str, Any], ScoreModel, np.ndarray | None]:
-    """(config, data model, training points or None) of a new training run."""
+def build_config(opts: TrainOptions, out: Path) -> tuple[dict[str, Any], ScoreModel, np.ndarray | None]:
+    """(config, data model, training points or None) of a new training run whose checkpoint is
+    `out`; the data spec's path is stored relative to the checkpoint's folder, so the two can move
+    together (as the shipped demo does)."""
     _validate(opts)
     data, table = _data_model(opts)
     schedule = _schedule(opts, table)
@@ -180,7 +195,7 @@ def build_config(opts: TrainOptions) -> tuple[dict[str, Any], ScoreModel, np.nda
     config = {
         "options": dataclasses.asdict(opts),
         "data_spec": dict(table),
-        "data_spec_file": str(Path(opts.data).resolve()),
+        "data_spec_file": os.path.relpath(Path(opts.data).resolve(), out.resolve().parent),
         "schedule": schedule.to_dict(),
         "parameterization": "eps",
         "dim": int(data.shape[0]),
@@ -191,8 +206,10 @@ def build_config(opts: TrainOptions) -> tuple[dict[str, Any], ScoreModel, np.nda
 
 
 def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> Path:
-    """Train (or continue training) and write the checkpoint at `out`; returns its path."""
+          progress: bool = True, slim: bool = False) -> Path:
+    """Train (or continue training) and write the checkpoint at `out`; returns its path. With
+    `slim`, the final checkpoint keeps only what analysis needs (no `model` or `optimizer`: about
+    a third of the size) and cannot be resumed; intermediate checkpoints stay complete."""
     out = Path(out)
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
@@ -201,15 +218,17 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     if exists and overwrite:
         read_checkpoint(out)  # only ever replace a spectra checkpoint
-    config, data, points = build_config(opts)
+    config, data, points = build_config(opts, out)
     torch.manual_seed(opts.seed)
     net = ResidualMLP(config["dim"], opts.width, opts.depth).double()
     ema = ResidualMLP(config["dim"], opts.width, opts.depth).double()
     ema.load_state_dict(net.state_dict())
-    optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr, foreach=True)
     step, losses = 0, []
     if exists and resume:
         ck = read_checkpoint(out)
+        if "model" not in ck or "optimizer" not in ck:
+            raise SpectraError(f"cannot resume {out}: it was written with --slim (EMA weights only)")
         old = json.loads(ck["config"])
         free = ("steps", "checkpoint_every")  # neither changes the weights of a given step
         same = {k: v for k, v in old["options"].items() if k not in free}
@@ -232,6 +251,8 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
     bar = tqdm(total=opts.steps, initial=step, disable=not progress or None, unit="step",
                desc="spectra train", leave=False)
     running = 0.0
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    ema_update = get_ema_multi_avg_fn(opts.ema)
     while step < opts.steps:
         rng = np.random.default_rng([opts.seed, step])
         if points is None:
@@ -249,9 +270,7 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(pn, 1 - opts.ema)
+        ema_update(ema_params, net_params, step)
         step += 1
         running += loss.item()
         if step % _LOG_EVERY == 0:
@@ -262,24 +281,28 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         if step % opts.checkpoint_every == 0 or step == opts.steps:
             if not math.isfinite(loss.item()):
                 raise SpectraError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            _save(out, config, step, net, ema, optimizer, losses, points)
+            final = slim and step == opts.steps
+            _save(out, config, step, None if final else net, ema, None if final else optimizer,
+                  losses, points)
     bar.close()
     return out
 
 
-def _save(out: Path, config: dict, step: int, net, ema, optimizer, losses: list[float],
-          points: np.ndarray | None) -> None:
-    """Write the checkpoint under a temporary name and rename it over `out` (never half-written)."""
+def _save(out: Path, config: dict, step: int, net: torch.nn.Module | None, ema: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None, losses: list[float], points: np.ndarray | None) -> None:
+    """Write the checkpoint under a temporary name and rename it over `out` (never half-written);
+    net and optimizer None: a slim checkpoint."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": json.dumps(config, sort_keys=True),
         "step": step,
-        "model": net.state_dict(),
         "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
         "losses": torch.as_tensor(losses, dtype=torch.float64),
     }
+    if net is not None and optimizer is not None:
+        payload["model"] = net.state_dict()
+        payload["optimizer"] = optimizer.state_dict()
     if points is not None:
         payload["train_points"] = torch.as_tensor(points)
     tmp = out.with_name(out.name + ".tmp")
@@ -307,7 +330,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if ck.get("format_version") != FORMAT_VERSION:
         raise SpectraError(f"{path} has checkpoint format_version {ck.get('format_version')}; "
                            f"this spectra reads version {FORMAT_VERSION}")
-    missing = [k for k in ("config", "step", "model", "ema", "optimizer", "losses") if k not in ck]
+    missing = [k for k in ("config", "step", "ema", "losses") if k not in ck]
     if missing:
         raise SpectraError(f"{path} is a damaged spectra checkpoint (missing {', '.join(missing)})")
     return ck
@@ -324,7 +347,9 @@ def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
         raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
     from spectra.models.specs import model_from_table
 
-    data = model_from_table(config["data_spec"], Path(config["data_spec_file"]))
+    data = model_from_table(config["data_spec"], Path(path).parent / config["data_spec_file"])
+    points = None
     if "train_points" in ck:
-        config = {**config, "n_train_points": int(ck["train_points"].shape[0])}
-    return TrainedScoreModel(net, Schedule.from_dict(config["schedule"]), config, data, spec)
+        points = ck["train_points"].numpy()
+        config = {**config, "n_train_points": int(points.shape[0])}
+    return TrainedScoreModel(net, Schedule.from_dict(config["schedule"]), config, data, spec, points)

@@ -3,11 +3,11 @@
 import torch
 
 from spectra.estimate import default_batch_size
-from spectra.models import load_model
+from spectra.models import demo_manifold_spec, load_model
 
 
 def test_gpu_batch_follows_free_memory():
-    model = load_model(None)  # analytic demo: activation_factor from its rank
+    model = load_model(demo_manifold_spec())  # analytic: activation_factor from its rank
     per_pair = 100 * 8 * model.activation_factor
     small = default_batch_size(model, 100, torch.float64, free_bytes=4 * 50 * per_pair)
     large = default_batch_size(model, 100, torch.float64, free_bytes=4 * 400 * per_pair)
@@ -19,6 +19,6 @@ def test_gpu_batch_follows_free_memory():
 
 
 def test_cpu_batch_is_a_fixed_budget():
-    model = load_model(None)
+    model = load_model(demo_manifold_spec())
     cpu = default_batch_size(model, 100, torch.float64, torch.device("cpu"))
     assert cpu == min(4096, 2**28 // (100 * 8 * model.activation_factor))

@@ -11,7 +11,10 @@ from spectra_cli.main import cli
 
 import spectra
 import spectra.store
+from spectra.models import demo_manifold_spec
 from spectra.theory.linear import linear_manifold_singular_values
+
+DEMO_MANIFOLD = demo_manifold_spec()  # the analytic manifold of the demo network
 
 ASSETS = __import__("pathlib").Path(__file__).parent / "assets"
 
@@ -23,7 +26,7 @@ def run(*args):
 
 def test_demo_estimate_and_info(tmp_path):
     out = tmp_path / "run.h5"
-    res = run("estimate", "--out", out, "--n-samples", 3, "--n-times", 4, "--quiet")
+    res = run("estimate", "--model", DEMO_MANIFOLD, "--out", out, "--n-samples", 3, "--n-times", 4, "--quiet")
     assert res.exit_code == 0, res.output
     traj = spectra.load(out)
     assert isinstance(traj, spectra.Trajectory)
@@ -31,10 +34,10 @@ def test_demo_estimate_and_info(tmp_path):
     assert traj["singular_values"].shape == (3, 4, 100)
     assert traj["x0"].shape == (3, 100)
     assert traj.attrs["method_used"] == "jvp" and traj.attrs["format_version"] == 1
-    # the demo is the analytic two-variance manifold: the stored values are the closed form
+    # the analytic two-variance manifold: the stored values are the closed form
     from spectra.models import load_model
 
-    model = load_model(None)
+    model = load_model(DEMO_MANIFOLD)
     lam = model.covariance_eigenvalues()
     for ti, (a, s) in enumerate(zip(traj["alpha"], traj["sigma"], strict=True)):
         exact = linear_manifold_singular_values(lam, 100, a, s, "score")

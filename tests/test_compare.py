@@ -13,12 +13,13 @@ from matplotlib.image import imread
 from spectra_cli.main import cli
 
 import spectra
-from spectra.models import demo_spec
+from spectra.models import demo_manifold_spec
 from spectra.spec_toml import load_manifold
 from spectra.theory.linear import linear_manifold_eigenvalues
 
 ASSETS = Path(__file__).parent / "assets"
 DELTA = 0.1
+DEMO_MANIFOLD = demo_manifold_spec()  # the analytic manifold of the demo network
 
 
 def invoke(*args):
@@ -44,7 +45,7 @@ def assert_real_figure(path: Path):
 
 
 def _lambdas():
-    return load_manifold(demo_spec()).covariance_eigenvalues()
+    return load_manifold(demo_manifold_spec()).covariance_eigenvalues()
 
 
 TAU = np.geomspace(1.5e-4, 2000, 40)  # log-spaced in tau, ratio 1.52 between neighbours
@@ -60,7 +61,8 @@ def demo_run(tmp_path_factory):
     """The demo (analytic two-variance manifold, D = 100, m = 40), 3 anchors, a log-tau grid."""
     path = tmp_path_factory.mktemp("demo") / "run.h5"
     times = ",".join(f"{t:.17g}" for t in ve_times(TAU))
-    res = invoke("estimate", "--out", path, "--n-samples", 3, "--times", times, "--quiet")
+    res = invoke("estimate", "--model", DEMO_MANIFOLD,
+                 "--out", path, "--n-samples", 3, "--times", times, "--quiet")
     assert res.exit_code == 0, res.output
     return path
 
@@ -140,7 +142,7 @@ def test_compare_theory_under_other_schedules_and_targets(tmp_path, schedule, ta
     res = invoke("estimate", "--model", spec, "--out", run, "--n-samples", 2, "--times", times,
                  "--target", target, "--quiet")
     assert res.exit_code == 0, res.output
-    res = invoke("compare-theory", run, "--manifold", demo_spec(), "--out", tmp_path / "cmp")
+    res = invoke("compare-theory", run, "--manifold", demo_manifold_spec(), "--out", tmp_path / "cmp")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
     assert metrics["theory"]["source"] == "manifold"
@@ -154,10 +156,11 @@ def test_gaussian_equivalent_theory_from_data_samples(tmp_path):
     samples' covariance. Here: the demo manifold's own samples against its exact run."""
     from spectra.models import load_model
 
-    samples = load_model(None).sample(20000, np.random.default_rng(1))
+    samples = load_model(DEMO_MANIFOLD).sample(20000, np.random.default_rng(1))
     np.save(tmp_path / "x.npy", samples)
     run = tmp_path / "run.h5"
-    assert invoke("estimate", "--out", run, "--n-samples", 2, "--n-times", 12, "--quiet").exit_code == 0
+    assert invoke("estimate", "--model", DEMO_MANIFOLD,
+                  "--out", run, "--n-samples", 2, "--n-times", 12, "--quiet").exit_code == 0
     res = invoke("compare-theory", run, "--data", tmp_path / "x.npy", "--out", tmp_path / "cmp")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
@@ -166,7 +169,7 @@ def test_gaussian_equivalent_theory_from_data_samples(tmp_path):
     first = min(metrics["times"], key=lambda r: r["tau"])
     assert first["measured_dimension"] == first["predicted_dimension"] == 40
     # the analytic spec's exact covariance works as --data too
-    res = invoke("compare-theory", run, "--data", demo_spec(), "--out", tmp_path / "cmp2")
+    res = invoke("compare-theory", run, "--data", demo_manifold_spec(), "--out", tmp_path / "cmp2")
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "cmp2" / "metrics.json").read_text())
     assert max(r["spectrum_distance"] for r in metrics["times"]) < 1e-8
@@ -174,7 +177,7 @@ def test_gaussian_equivalent_theory_from_data_samples(tmp_path):
 
 def test_theory_command(tmp_path):
     out = tmp_path / "pred.h5"
-    res = invoke("theory", "--manifold", demo_spec(), "--out", out, "--n-tau", 50, "--n-grid", 300)
+    res = invoke("theory", "--manifold", demo_manifold_spec(), "--out", out, "--n-tau", 50, "--n-grid", 300)
     assert res.exit_code == 0, res.output
     lam = _lambdas()
     with h5py.File(out) as f:
@@ -187,8 +190,8 @@ def test_theory_command(tmp_path):
         phases = json.loads(f.attrs["phases"])
     assert set(phases) == {"trivial_end_tau", "manifold_gap_open_tau", "manifold_gap_index",
                            "intermediate_gaps"}
-    assert_one_line_error(invoke("theory", "--manifold", demo_spec(), "--out", out), "exists")
-    assert invoke("theory", "--manifold", demo_spec(), "--out", out, "--overwrite").exit_code == 0
+    assert_one_line_error(invoke("theory", "--manifold", demo_manifold_spec(), "--out", out), "exists")
+    assert invoke("theory", "--manifold", demo_manifold_spec(), "--out", out, "--overwrite").exit_code == 0
 
 
 def test_plot_command(demo_run, tmp_path):
@@ -217,10 +220,13 @@ def test_runs_keeping_k_values_and_unfinished_runs(tmp_path):
     denoiser the tangent end); (anchor, time) pairs not done are left out."""
     times = ",".join(f"{t:.17g}" for t in ve_times(TAU[::3]))
     full, k80, den = tmp_path / "full.h5", tmp_path / "k80.h5", tmp_path / "den.h5"
-    assert invoke("estimate", "--out", full, "--n-samples", 2, "--times", times, "--quiet").exit_code == 0
-    assert invoke("estimate", "--out", k80, "--n-samples", 2, "--times", times, "--k", 80,
+    assert invoke("estimate", "--model", DEMO_MANIFOLD,
+                  "--out", full, "--n-samples", 2, "--times", times, "--quiet").exit_code == 0
+    assert invoke("estimate", "--model", DEMO_MANIFOLD,
+                  "--out", k80, "--n-samples", 2, "--times", times, "--k", 80,
                   "--quiet").exit_code == 0
-    assert invoke("estimate", "--out", den, "--n-samples", 2, "--times", times, "--k", 10,
+    assert invoke("estimate", "--model", DEMO_MANIFOLD,
+                  "--out", den, "--n-samples", 2, "--times", times, "--k", 10,
                   "--target", "denoiser", "--quiet").exit_code == 0
     results = {}
     for run in (full, k80, den):
@@ -253,7 +259,8 @@ def test_runs_keeping_k_values_and_unfinished_runs(tmp_path):
 
 def test_a_grid_that_never_reaches_consolidation(tmp_path):
     run = tmp_path / "mid.h5"
-    assert invoke("estimate", "--out", run, "--n-samples", 2, "--times", 0.5, "--quiet").exit_code == 0
+    assert invoke("estimate", "--model", DEMO_MANIFOLD,
+                  "--out", run, "--n-samples", 2, "--times", 0.5, "--quiet").exit_code == 0
     assert invoke("compare-theory", run, "--out", tmp_path / "c").exit_code == 0
     metrics = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert metrics["phases"]["measured"]["manifold_gap_index"] is None
@@ -265,10 +272,10 @@ def test_bad_input(network_run, demo_run, tmp_path):
     before = digest(network_run)
     assert_one_line_error(invoke("compare-theory", network_run, "--out", tmp_path / "a"),
                           "does not record the data", "--manifold")
-    assert_one_line_error(invoke("compare-theory", network_run, "--manifold", demo_spec(),
+    assert_one_line_error(invoke("compare-theory", network_run, "--manifold", demo_manifold_spec(),
                                  "--out", tmp_path / "b"), "D = 100", "D = 16")
-    assert_one_line_error(invoke("compare-theory", demo_run, "--manifold", demo_spec(),
-                                 "--data", demo_spec()), "not both")
+    assert_one_line_error(invoke("compare-theory", demo_run, "--manifold", demo_manifold_spec(),
+                                 "--data", demo_manifold_spec()), "not both")
     assert_one_line_error(invoke("compare-theory", demo_run, "--resolution", 1.5), "--resolution")
     garbage = tmp_path / "garbage.h5"
     garbage.write_bytes(b"not an hdf5 file")
@@ -290,7 +297,7 @@ def test_bad_input(network_run, demo_run, tmp_path):
             assert res.output.count(str(bad_spec)) == 1, res.output
     bad_spec.write_bytes(b'kind = "gaussian"\n\xff\xfe\n')
     assert_one_line_error(invoke("theory", "--manifold", bad_spec, "--out", tmp_path / "t.h5"), "UTF-8")
-    assert_one_line_error(invoke("theory", "--manifold", demo_spec(), "--out",
+    assert_one_line_error(invoke("theory", "--manifold", demo_manifold_spec(), "--out",
                                  tmp_path / "nodir" / "t.h5"), "does not exist")
     few = tmp_path / "few.npy"
     np.save(few, np.random.default_rng(0).standard_normal((30, 100)))

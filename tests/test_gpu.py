@@ -11,7 +11,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.jacobian import spectra_at
-from spectra.models import linear_manifold, load_model
+from spectra.models import demo_manifold_spec, linear_manifold, load_model
 from spectra.schedules import Schedule
 from spectra.theory.linear import linear_manifold_singular_values
 
@@ -21,7 +21,7 @@ ASSETS = __import__("pathlib").Path(__file__).parent / "assets"
 
 def _closed_form_error(path) -> float:
     traj = spectra.load(path)
-    lam = load_model(None).covariance_eigenvalues()
+    lam = load_model(demo_manifold_spec()).covariance_eigenvalues()
     worst = 0.0
     for ti, (a, s) in enumerate(zip(traj["alpha"], traj["sigma"], strict=True)):
         exact = linear_manifold_singular_values(lam, 100, a, s, traj.attrs["target"])
@@ -32,7 +32,8 @@ def _closed_form_error(path) -> float:
 @pytest.mark.parametrize("method,tol", [("jvp", 1e-10), ("vjp", 1e-10), ("fd-central", 1e-6)])
 def test_cli_cuda_float64_matches_closed_form(tmp_path, method, tol):
     out = tmp_path / "run.h5"
-    res = CliRunner().invoke(cli, ["estimate", "--out", str(out), "--device", "cuda", "--method", method,
+    res = CliRunner().invoke(cli, ["estimate", "--model", demo_manifold_spec(),
+                                   "--out", str(out), "--device", "cuda", "--method", method,
                                    "--n-samples", "3", "--times", "0.3,0.5,0.8", "--quiet"])
     assert res.exit_code == 0, res.output
     traj = spectra.load(out)
@@ -85,11 +86,12 @@ def test_network_on_cuda_matches_autograd_jacobian_on_cpu(tmp_path):
 
 def test_topk_on_cuda_matches_closed_form(tmp_path):
     out = tmp_path / "tk.h5"
-    res = CliRunner().invoke(cli, ["estimate", "--out", str(out), "--device", "cuda", "--method", "topk",
+    res = CliRunner().invoke(cli, ["estimate", "--model", demo_manifold_spec(),
+                                   "--out", str(out), "--device", "cuda", "--method", "topk",
                                    "--n-samples", "3", "--times", "0.3,0.5,0.8", "--quiet"])
     assert res.exit_code == 0, res.output
     traj = spectra.load(out)
-    lam = load_model(None).covariance_eigenvalues()
+    lam = load_model(demo_manifold_spec()).covariance_eigenvalues()
     for ti, (a, s) in enumerate(zip(traj["alpha"], traj["sigma"], strict=True)):
         exact = linear_manifold_singular_values(lam, 100, a, s, "denoiser")[:16]
         assert rel_err(traj["singular_values"][:, ti], exact[None]) < 1e-10

@@ -17,7 +17,7 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.jacobian import AutodiffJacobian, jacobian_at, topk_at, topk_svd
-from spectra.models import NetworkScoreModel, linear_manifold
+from spectra.models import NetworkScoreModel, demo_manifold_spec, linear_manifold
 from spectra.schedules import Schedule
 
 ASSETS = Path(__file__).parent / "assets"
@@ -86,13 +86,17 @@ def test_budget_exhaustion_is_reported_not_hidden():
     assert np.isnan(short.singular_values[0, 4:]).all() and np.isnan(short.residuals[0, 4:]).all()
 
 
+DEMO_MANIFOLD = demo_manifold_spec()  # the analytic manifold of the demo network
+
+
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def test_cli_topk_run_and_compare(tmp_path):
     out = tmp_path / "tk.h5"
-    res = invoke("estimate", "--out", out, "--method", "topk", "--n-samples", 2, "--n-times", 5,
+    res = invoke("estimate", "--model", DEMO_MANIFOLD,
+                 "--out", out, "--method", "topk", "--n-samples", 2, "--n-times", 5,
                  "--quiet")
     assert res.exit_code == 0, res.output
     run = spectra.load(out)
@@ -151,7 +155,8 @@ def test_k_above_the_rank_and_above_32(tmp_path):
     """k = 45 > rank 40 of the demo's denoiser Jacobian: the exact zeros converge (held to a
     floor of sqrt(eps) times the top value) and warm starts of k > 32 vectors work."""
     out = tmp_path / "k45.h5"
-    res = invoke("estimate", "--out", out, "--method", "topk", "--k", 45, "--n-samples", 2,
+    res = invoke("estimate", "--model", DEMO_MANIFOLD,
+                 "--out", out, "--method", "topk", "--k", 45, "--n-samples", 2,
                  "--n-times", 3, "--quiet")
     assert res.exit_code == 0, res.output
     run = spectra.load(out)
@@ -161,7 +166,8 @@ def test_k_above_the_rank_and_above_32(tmp_path):
 
 def test_float32_topk_uses_a_reachable_tolerance(tmp_path):
     out = tmp_path / "f32.h5"
-    res = invoke("estimate", "--out", out, "--method", "topk", "--dtype", "float32", "--n-samples", 2,
+    res = invoke("estimate", "--model", DEMO_MANIFOLD,
+                 "--out", out, "--method", "topk", "--dtype", "float32", "--n-samples", 2,
                  "--n-times", 3, "--quiet")
     assert res.exit_code == 0, res.output
     run = spectra.load(out)

@@ -127,3 +127,74 @@ def test_n_train_points_are_stored(spec, tmp_path):
     ck = read_checkpoint(out)
     assert ck["train_points"].shape == (5, 8)
     assert load_trained(out).config()["train"]["n_train_points"] == 5
+
+
+def test_slim_checkpoint_is_analysable_but_not_resumable(spec, tmp_path):
+    full, slim = tmp_path / "full.pt", tmp_path / "slim.pt"
+    train(full, TrainOptions(data=str(spec), steps=60, width=16), progress=False)
+    res = run("train", "--data", spec, "--out", slim, "--steps", 60, "--width", 16, "--slim", "--quiet")
+    assert res.exit_code == 0, res.output
+    a, b = read_checkpoint(full), read_checkpoint(slim)
+    assert "model" not in b and "optimizer" not in b and int(b["step"]) == 60
+    for name in a["ema"]:
+        assert torch.equal(a["ema"][name], b["ema"][name])
+    assert slim.stat().st_size < 0.5 * full.stat().st_size
+    x = torch.randn(4, 8, dtype=torch.float64)
+    ma, mb = load_trained(full), load_trained(slim)
+    assert torch.equal(ma.predict(x, 0.3), mb.predict(x, 0.3))
+    before = slim.read_bytes()
+    res = run("train", "--data", spec, "--out", slim, "--steps", 100, "--width", 16, "--resume", "--quiet")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "--slim" in res.output
+    assert slim.read_bytes() == before
+
+
+def test_checkpoint_and_its_spec_move_together(tmp_path):
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(TINY)
+    train(folder / "ck.pt", TrainOptions(data=str(folder / "tiny.toml"), steps=20, width=8), progress=False)
+    assert json.loads(read_checkpoint(folder / "ck.pt")["config"])["data_spec_file"] == "tiny.toml"
+    moved = folder.rename(tmp_path / "b")
+    assert load_trained(moved / "ck.pt").sample(3, np.random.default_rng(0)).shape == (3, 8)
+
+
+def test_memorizing_checkpoint_gives_its_training_points_as_anchors(spec, tmp_path):
+    mem, fresh = tmp_path / "mem.pt", tmp_path / "fresh.pt"
+    train(mem, TrainOptions(data=str(spec), steps=20, n_train=5, width=8), progress=False)
+    train(fresh, TrainOptions(data=str(spec), steps=20, width=8), progress=False)
+    points = read_checkpoint(mem)["train_points"].numpy()
+    model = load_trained(mem)
+    drawn = model.sample(5, np.random.default_rng(1))  # all five, each once
+    assert sorted(map(tuple, drawn)) == sorted(map(tuple, points))
+    assert {tuple(p) for p in model.sample(12, np.random.default_rng(2))} <= {tuple(p) for p in points}
+    for data in (None, mem):  # the model's own data and --data CK.pt both anchor at the points
+        out = tmp_path / f"run{data is None}.h5"
+        args = ["estimate", "--model", mem, "--out", out, "--n-times", 2, "--n-samples", 5, "--quiet"]
+        res = run(*args, *(["--data", data] if data else []))
+        assert res.exit_code == 0, res.output
+        x0 = spectra.load(out).arrays["x0"]
+        assert x0.shape == (5, 8) and {tuple(p) for p in x0} == {tuple(p) for p in points}
+    res = run("estimate", "--model", mem, "--data", fresh, "--out", tmp_path / "bad.h5", "--quiet")
+    assert res.exit_code == 2 and "stores no training points" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_shipped_demo_network_finds_the_dimension(tmp_path):
+    """The default model is the trained demo network (data/demo.pt); compare-theory finds the
+    theory of its data spec (data/demo.toml) from the checkpoint, and at the smallest tau of the
+    default grid every anchor shows the manifold gap at m = 40."""
+    out = tmp_path / "demo.h5"
+    res = run("estimate", "--out", out, "--times", "0.01,1", "--quiet")
+    assert res.exit_code == 0, res.output
+    config = json.loads(spectra.load(out).attrs["model_config"])
+    assert config["kind"] == "trained"
+    assert config["train"]["data_spec"]["variance_groups"] == [[1.0, 20], [0.05, 20]]
+    res = run("compare-theory", out, "--out", tmp_path / "cmp")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
+    assert metrics["theory"]["source"] == "run" and metrics["theory"]["m"] == 40
+    small = min(metrics["times"], key=lambda r: r["tau"])
+    assert small["measured_dimension_per_anchor"] == [40] * 8
+    assert small["measured_phase"] == small["predicted_phase"] == "consolidation"
+    large = max(metrics["times"], key=lambda r: r["tau"])
+    assert large["measured_phase"] == large["predicted_phase"] == "trivial"

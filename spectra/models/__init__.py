@@ -10,7 +10,7 @@ from spectra.models.analytic import (
 from spectra.models.base import ScoreModel
 from spectra.models.network import NetworkScoreModel
 from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
-from spectra.models.specs import demo_spec, load_model
+from spectra.models.specs import demo_manifold_spec, demo_spec, load_model
 
 __all__ = [
     "GaussianMixture",
@@ -18,6 +18,7 @@ __all__ = [
     "PARAMETERIZATIONS",
     "ScoreModel",
     "TARGETS",
+    "demo_manifold_spec",
     "demo_spec",
     "empirical",
     "isotropic_gmm",

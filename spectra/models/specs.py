@@ -49,7 +49,12 @@ from spectra.theory.manifold import eigen_factor, random_orthonormal
 
 
 def demo_spec() -> str:
-    """Path of the shipped demo model's spec."""
+    """Path of the shipped demo model: a `spectra train` network (data/demo.pt)."""
+    return str(resources.files("spectra_data").joinpath("demo.pt"))
+
+
+def demo_manifold_spec() -> str:
+    """Path of the analytic linear manifold the demo network was trained on (data/demo.toml)."""
     return str(resources.files("spectra_data").joinpath("demo.toml"))
 
 
