@@ -109,7 +109,10 @@ def manifold_gap_position(row: np.ndarray, delta: float) -> int | None:
     (theory.md 3.2): if any value below the gap lies within delta of -1, all must. A trained
     network's normal directions form a bulk instead ([V]): when no value below the gap is within
     delta of -1, they count as normal if all lie below -1/2 (closer to -1 than to the tangent
-    value 0) and spread over less than the gap's width. None if no gap qualifies."""
+    value 0) and spread over less than the gap's width. A trained bulk that reaches within delta
+    of -1 is therefore read as exact normals with tangent values among them, and gives no manifold
+    gap: the rule errs towards None rather than towards a wrong dimension. None if no gap
+    qualifies."""
     widths = gap_widths(row)
     best, best_width = None, delta
     for p in np.nonzero(np.nan_to_num(widths, nan=-np.inf) > delta)[0] + 1:
@@ -118,7 +121,7 @@ def manifold_gap_position(row: np.ndarray, delta: float) -> int | None:
         if near.any():
             normal = bool(near.all())
         else:
-            normal = below.size > 0 and below.max() < -0.5 and np.ptp(below) < widths[p - 1]
+            normal = below.max() < -0.5 and np.ptp(below) < widths[p - 1]
         if normal and widths[p - 1] > best_width:
             best, best_width = int(p), widths[p - 1]
     return best
@@ -148,7 +151,8 @@ def measured_phases(tau: ArrayLike, mu: ArrayLike, delta: float) -> dict:
       down) at which every value lies within delta of -1; None if the largest tau is not trivial
       (or its top values were not measured).
     * manifold_gap_index: the position of the manifold gap at the smallest tau (the widest
-      visible gap with only near -1 values below it; None if there is none);
+      visible gap with the normal directions below it, as `manifold_gap_position` reads them;
+      None if there is none);
       manifold_gap_open_tau: the largest grid tau of the run of small-tau times (from the
       smallest up) at which the gap at that position is visible.
     * intermediate_gaps: each position p above the manifold gap where a gap is visible at some

@@ -7,12 +7,11 @@ predicts eps (theory.md 2) with an input scaling that keeps its inputs O(1) at e
     epshat(x, t) = F(c_in x, c_noise),   c_in = 1 / sqrt(alpha^2 v + sigma^2),
     c_noise = log(tau) / 8 = log(sigma / alpha) / 4,
 
-and the noise level enters through sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4,
+where v is the data's mean variance per coordinate (measured on samples, stored in the config).
+The noise level enters through sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4,
 k = 1..16: the slowest period, 8 in c_noise, spans sigma / alpha from e^-16 to e^16, so no two noise
 levels of a schedule alias (with omega_k = k pi, sigma = 0.01 and sigma = 50 under ve gave nearly the
 same embedding and the network could not fit both ends).
-
-where v is the data's mean variance per coordinate (measured on samples, stored in the config).
 Training minimizes denoising score matching, E ||epshat(alpha x0 + sigma eps, t) - eps||^2, with t
 uniform on the schedule's default range (log-uniform sigma under ve) and x0 drawn fresh from the
 data spec each step, or from a fixed set of `n_train` points drawn once (the memorizing regime of
@@ -98,11 +97,11 @@ class TrainedScoreModel(NetworkScoreModel):
         return self.module(x * scale, level)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n anchors: training points (distinct while n <= n_train), else fresh data samples."""
+        """Anchors: the first min(n, n_train) training points (as a data file of them gives),
+        else n fresh samples of the data spec."""
         if self.train_points is None:
             return self.data.sample(n, rng)
-        count = len(self.train_points)
-        return self.train_points[rng.choice(count, n, replace=n > count)]
+        return self.train_points[:n]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": "trained", "train": self.train_config}
@@ -195,7 +194,7 @@ def build_config(opts: TrainOptions, out: Path) -> tuple[dict[str, Any], ScoreMo
     config = {
         "options": dataclasses.asdict(opts),
         "data_spec": dict(table),
-        "data_spec_file": os.path.relpath(Path(opts.data).resolve(), out.resolve().parent),
+        "data_spec_file": _relative_to(Path(opts.data).resolve(), out.resolve().parent),
         "schedule": schedule.to_dict(),
         "parameterization": "eps",
         "dim": int(data.shape[0]),
@@ -205,11 +204,19 @@ def build_config(opts: TrainOptions, out: Path) -> tuple[dict[str, Any], ScoreMo
     return config, data, points
 
 
+def _relative_to(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` where it can be (not across Windows drives), else absolute."""
+    try:
+        return os.path.relpath(path, folder)
+    except ValueError:
+        return str(path)
+
+
 def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: bool = False,
           progress: bool = True, slim: bool = False) -> Path:
     """Train (or continue training) and write the checkpoint at `out`; returns its path. With
     `slim`, the final checkpoint keeps only what analysis needs (no `model` or `optimizer`: about
-    a third of the size) and cannot be resumed; intermediate checkpoints stay complete."""
+    a quarter of the size) and cannot be resumed; intermediate checkpoints stay complete."""
     out = Path(out)
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
@@ -281,10 +288,10 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         if step % opts.checkpoint_every == 0 or step == opts.steps:
             if not math.isfinite(loss.item()):
                 raise SpectraError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            final = slim and step == opts.steps
-            _save(out, config, step, None if final else net, ema, None if final else optimizer,
-                  losses, points)
+            _save(out, config, step, net, ema, optimizer, losses, points)
     bar.close()
+    if slim:
+        _save(out, config, step, None, ema, None, losses, points)
     return out
 
 
