@@ -237,9 +237,12 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         if "model" not in ck or "optimizer" not in ck:
             raise SpectraError(f"cannot resume {out}: it was written with --slim (EMA weights only)")
         old = json.loads(ck["config"])
-        free = ("steps", "checkpoint_every")  # neither changes the weights of a given step
+        # steps and checkpoint_every never change the weights of a given step; the data is
+        # compared by its spec's content, so the same spec named by another path resumes
+        free = ("steps", "checkpoint_every", "data")
         same = {k: v for k, v in old["options"].items() if k not in free}
         new = {k: v for k, v in config["options"].items() if k not in free}
+        same["data spec"], new["data spec"] = old["data_spec"], config["data_spec"]
         if same != new:
             diff = ", ".join(k for k in sorted(new) if same.get(k) != new.get(k))
             raise SpectraError(f"cannot resume {out}: options differ ({diff})")

@@ -84,6 +84,14 @@ def test_resumed_training_continues_from_its_step(spec, tmp_path):
     np.testing.assert_array_equal(a["losses"].numpy(), b["losses"].numpy())
     res = run("train", "--data", spec, "--out", part, "--steps", 300, "--width", 32, "--resume", "--quiet")
     assert res.exit_code == 2 and "options differ (width)" in res.output
+    other = tmp_path / "other.toml"  # a different manifold is refused, the same spec elsewhere is not
+    other.write_text(TINY.replace("seed = 1", "seed = 2"))
+    res = run("train", "--data", other, "--out", part, "--steps", 300, "--width", 16, "--resume", "--quiet")
+    assert res.exit_code == 2 and "options differ (data spec)" in res.output
+    other.write_text(TINY)
+    res = run("train", "--data", other, "--out", part, "--steps", 250, "--width", 16,
+              "--checkpoint-every", 50, "--resume", "--quiet")
+    assert res.exit_code == 0 and int(read_checkpoint(part)["step"]) == 250
 
 
 class Evil:
