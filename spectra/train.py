@@ -156,6 +156,8 @@ def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
 
     if not opts.data.endswith(".toml"):
         raise SpectraError(f"--data must be an analytic spec (.toml), got {opts.data!r}")
+    if not Path(opts.data).is_file():
+        raise SpectraError(f"data spec not found: {opts.data}")
     table = read_toml(Path(opts.data))
     if table.get("kind") not in ("gaussian", "gmm"):
         raise SpectraError(f"{opts.data}: training data must be kind gaussian or gmm")

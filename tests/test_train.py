@@ -115,6 +115,9 @@ def test_corrupted_and_foreign_checkpoints_are_refused(tmp_path, trained):
         assert "checkpoint" in res.output
     res = run("train", "--data", TINY, "--out", tmp_path / "foreign.pt", "--overwrite", "--quiet")
     assert res.exit_code == 2
+    missing = tmp_path / "missing.toml"
+    res = run("train", "--data", missing, "--out", tmp_path / "new.pt", "--quiet")
+    assert res.exit_code == 2 and res.output.strip() == f"error: data spec not found: {missing}"
 
 
 def test_trained_run_compares_with_the_theory_of_its_data(trained, tmp_path):
