@@ -1,7 +1,7 @@
 """Reproduce the synthetic study of [V] (Ventura et al., ICLR 2025) and the memorization result of
 [A] / [B] with spectra's own commands, from scratch, and write docs/reproduction.md.
 
-    python experiments/reproduce_synthetic.py            # about 20 minutes on 2 CPU cores
+    python experiments/reproduce_synthetic.py            # about 25 minutes on 2 CPU cores
 
 Every network is trained by `spectra train`, measured by `spectra estimate` and compared by
 `spectra compare-theory`, each run as a subprocess exactly as a user would type it (the commands
@@ -45,7 +45,7 @@ from spectra.schedules import get_schedule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SPEC = ROOT / "data" / "demo.toml"
-STEPS = {"demo": 60000, "unequal": 60000, "swapped": 60000, "memorize": 60000}
+STEPS = {"demo": 60000, "unequal": 60000, "swapped": 60000, "memorize": 120000}
 N_TRAIN = 20
 N_TIMES = 40
 
