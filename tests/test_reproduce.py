@@ -23,7 +23,7 @@ def test_reproduction_script_writes_its_page_and_figures(tmp_path):
                 "memorization: dimension at the smallest tau", "normal directions at the smallest tau"):
         assert row in page, row
     assert "spectra train --data demo.toml --out demo.pt --steps 120 --overwrite --quiet" in page
-    assert "spectra train --data demo.toml --out memorize.pt --steps 120 --overwrite --n-train 20" in page
+    assert "spectra train --data demo.toml --out memorize.pt --steps 240 --overwrite --n-train 20" in page
     for name in ("memorization", "normal-bulk", "demo-spectrum", "demo-trajectories", "demo-gaps"):
         img = imread(docs / "reproduction" / f"{name}.png")
         assert f"reproduction/{name}.png" in page
