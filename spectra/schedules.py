@@ -69,8 +69,11 @@ class Schedule:
         if self.params:
             raise SpectraError("a ddpm schedule with an alphas_cumprod table takes no other constants")
         abar = np.asarray(self.alphas_cumprod, dtype=np.float64)
-        if abar.ndim != 1 or len(abar) < 2 or not np.all((abar > 0) & (abar <= 1)):
-            raise SpectraError("alphas_cumprod must be a list of at least 2 values in (0, 1]")
+        # a zero-terminal-SNR table (Lin et al. 2024; diffusers' rescale_betas_zero_snr) ends in 0
+        if abar.ndim != 1 or len(abar) < 2 or not (np.all(abar[:-1] > 0) and np.all(abar <= 1)
+                                                   and abar[-1] >= 0):
+            raise SpectraError("alphas_cumprod must be a list of at least 2 values in (0, 1] "
+                               "(the last may be 0: zero terminal SNR)")
         object.__setattr__(self, "alphas_cumprod", tuple(float(a) for a in abar))
         object.__setattr__(self, "params", {"n_steps": float(len(abar))})
         object.__setattr__(self, "_abar", abar)
@@ -83,10 +86,16 @@ class Schedule:
         if self.name in ("ve", "vp"):
             return 0.0, 1.0, True, False
         if self.name == "ddpm":
-            return 0.0, p["n_steps"] - 1, False, False
+            return 0.0, p["n_steps"] - (2 if self.zero_terminal_snr else 1), False, False
         if self.name == "edm":
             return p["sigma_min"], p["sigma_max"], False, False
         return 0.0, 1.0, True, True
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """True for a ddpm table whose last step has alpha = 0 (pure noise, tau infinite): that
+        step lies outside the valid range."""
+        return self.alphas_cumprod is not None and self.alphas_cumprod[-1] == 0
 
     @property
     def default_range(self) -> tuple[float, float]:
@@ -108,6 +117,11 @@ class Schedule:
         for value in arr:
             bad_low = value <= lo if lo_open else value < lo
             bad_high = value >= hi if hi_open else value > hi
+            if self.zero_terminal_snr and value == hi + 1:
+                raise SpectraError(
+                    f"time t={value:g} has alpha = 0 (zero terminal SNR): tau = sigma^2/alpha^2 is "
+                    f"infinite there; the last usable step is {hi:g}"
+                )
             if not np.isfinite(value) or bad_low or bad_high:
                 lb = "(" if lo_open else "["
                 rb = ")" if hi_open else "]"

@@ -21,7 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 TIMES = (40, 600)
 
 
-def build(folder, prediction_type, pipeline_layout=True):
+def build(folder, prediction_type, pipeline_layout=True, **scheduler_options):
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
         sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
@@ -29,7 +29,8 @@ def build(folder, prediction_type, pipeline_layout=True):
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
-    sched = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    options = {"beta_schedule": "squaredcos_cap_v2", "prediction_type": prediction_type, **scheduler_options}
+    sched = diffusers.DDPMScheduler(**options)
     unet.save_pretrained(folder / "unet" if pipeline_layout else folder)
     sched.save_pretrained(folder / "scheduler" if pipeline_layout else folder)
     return sched
@@ -86,6 +87,28 @@ def test_diffusers_unet_matches_torch_func_on_the_raw_model(tmp_path, prediction
             exact = reference(folder, sched, prediction_type, target, traj["x0"][n], t, layout)
             worst = max(worst, float(np.max(np.abs(traj["singular_values"][n, ti] - exact) / exact)))
     assert worst < 1e-8, worst
+
+
+def test_zero_terminal_snr_scheduler(tmp_path):
+    """rescale_betas_zero_snr (v-prediction, as such models are trained): alphas_cumprod ends in
+    0. The default grid stops at the last step with alpha > 0, which matches the raw model
+    there; the pure-noise step is refused with one line naming why."""
+    folder = tmp_path / "model"
+    sched = build(folder, "v_prediction", rescale_betas_zero_snr=True, beta_schedule="linear")
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    out = tmp_path / "run.h5"
+    res = CliRunner().invoke(cli, ["estimate", "--model", f"diffusers:{folder}", "--data", "noise",
+                                   "--n-samples", "1", "--n-times", "3", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    assert traj["t"].max() == 998 and np.all(np.isfinite(traj["tau"]))
+    for ti, t in enumerate(traj["t"].astype(int)):
+        exact = reference(folder, sched, "v_prediction", "score", traj["x0"][0], t)
+        assert np.max(np.abs(traj["singular_values"][0, ti] - exact) / exact) < 1e-8, t
+    res = CliRunner().invoke(cli, ["estimate", "--model", f"diffusers:{folder}", "--data", "noise",
+                                   "--times", "999", "--out", str(tmp_path / "x.h5"), "--quiet"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "zero terminal SNR" in res.output and not (tmp_path / "x.h5").exists()
 
 
 def test_bad_diffusers_folders_are_one_line_exit_2(tmp_path):

@@ -69,3 +69,20 @@ def test_unknown_schedule_and_constant():
 def test_roundtrip():
     s = Schedule("ve", {"sigma_max": 80.0})
     assert Schedule.from_dict(s.to_dict()) == s
+
+
+def test_zero_terminal_snr_table():
+    """A table ending in abar = 0 (Lin et al.'s zero terminal SNR, as diffusers'
+    rescale_betas_zero_snr writes it): the last step is pure noise, with tau infinite, so the
+    valid range and the default grid stop one step before it."""
+    abar = np.r_[np.linspace(0.999, 0.01, 9), 0.0]
+    s = Schedule("ddpm", {}, tuple(abar))
+    assert s.zero_terminal_snr and s.bounds[:2] == (0.0, 8.0) and s.default_range == (1.0, 8.0)
+    np.testing.assert_allclose(s.tau(8), 0.99 / 0.01)
+    with pytest.raises(SpectraError, match=r"t=9 has alpha = 0 \(zero terminal SNR\).*last usable step is 8"):
+        s.validate([3, 9])
+    assert Schedule.from_dict(s.to_dict()) == s
+    assert not Schedule("ddpm", {}, tuple(abar[:-1])).zero_terminal_snr
+    for bad in (np.r_[abar[:-2], 0.0, 0.0], np.r_[abar[:-1], -0.1]):
+        with pytest.raises(SpectraError, match="the last may be 0"):
+            Schedule("ddpm", {}, tuple(bad))
