@@ -109,6 +109,8 @@ def cli() -> None:
               help="What a bare module predicts.")
 @click.option("--shape", callback=_shape, default=None,
               help="Sample shape C,H,W for models that cannot tell it.")
+@click.option("--class-label", type=int, default=None,
+              help="Class of a class-conditional network (EDM's label_dim, diffusers' num_class_embeds).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -21,10 +21,10 @@ diffusers = pytest.importorskip("diffusers")
 TIMES = (40, 600)
 
 
-def build(folder, prediction_type, pipeline_layout=True, **scheduler_options):
+def build(folder, prediction_type, pipeline_layout=True, unet_options=None, **scheduler_options):
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+        **(unet_options or {}), sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
         block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -36,7 +36,7 @@ def build(folder, prediction_type, pipeline_layout=True, **scheduler_options):
     return sched
 
 
-def reference(folder, sched, prediction_type, target, x0, t, pipeline_layout=True):
+def reference(folder, sched, prediction_type, target, x0, t, pipeline_layout=True, class_label=None):
     unet = diffusers.UNet2DModel.from_pretrained(folder / "unet" if pipeline_layout else folder)
     unet = unet.double().eval()
     abar = sched.alphas_cumprod.double()[t]
@@ -44,7 +44,8 @@ def reference(folder, sched, prediction_type, target, x0, t, pipeline_layout=Tru
     steps = torch.tensor([t])
 
     def fn(x):
-        pred = unet(x[None], steps).sample[0]
+        extra = {} if class_label is None else {"class_labels": torch.tensor([class_label])}
+        pred = unet(x[None], steps, **extra).sample[0]
         if prediction_type == "epsilon":
             eps = pred
         elif prediction_type == "sample":
@@ -109,6 +110,28 @@ def test_zero_terminal_snr_scheduler(tmp_path):
                                    "--times", "999", "--out", str(tmp_path / "x.h5"), "--quiet"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert "zero terminal SNR" in res.output and not (tmp_path / "x.h5").exists()
+
+
+def test_class_conditional_unet(tmp_path):
+    """A UNet2DModel with num_class_embeds: --class-label K passes class_labels = [K], and the
+    values match the raw model called with that label (and differ from another class's)."""
+    folder = tmp_path / "model"
+    sched = build(folder, "epsilon", unet_options={"num_class_embeds": 3})
+    runs = {}
+    for label in (1, 2):
+        runs[label] = out = tmp_path / f"run{label}.h5"
+        res = CliRunner().invoke(cli, ["estimate", "--model", f"diffusers:{folder}", "--data", "noise",
+                                       "--n-samples", "1", "--times", "600", "--class-label", str(label),
+                                       "--out", str(out), "--quiet"])
+        assert res.exit_code == 0, res.output
+    traj = spectra.load(runs[2])
+    exact = reference(folder, sched, "epsilon", "score", traj["x0"][0], 600, class_label=2)
+    assert np.max(np.abs(traj["singular_values"][0, 0] - exact) / exact) < 1e-8
+    other = spectra.load(runs[1])["singular_values"][0, 0]
+    assert np.max(np.abs(other - exact) / exact) > 1e-6
+    res = CliRunner().invoke(cli, ["estimate", "--model", f"diffusers:{folder}", "--data", "noise",
+                                   "--class-label", "3", "--out", str(tmp_path / "x.h5"), "--quiet"])
+    assert res.exit_code == 2 and "not a class of this model (0..2)" in res.output
 
 
 def test_bad_diffusers_folders_are_one_line_exit_2(tmp_path):

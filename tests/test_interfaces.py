@@ -56,6 +56,30 @@ def test_edm_preconditioned_denoiser(tmp_path, factory, dtype, tol):
     np.testing.assert_array_equal(traj["sigma"], [0.05, 0.5, 5.0])
 
 
+def test_class_conditional_edm(tmp_path):
+    """--class-label 2 passes EDM's one-hot class_labels: class c is the Gaussian with covariance
+    (c + 1) S, whose denoiser spectrum is the closed form with 3 LAM."""
+    out = tmp_path / "cond.h5"
+    args = ["estimate", "--model", f"edm:{SPEC}:edm_conditional", "--data", "noise", "--n-samples", 2,
+            "--times", "0.05,0.5,5", "--target", "denoiser", "--out", out, "--quiet"]
+    res = run(*args, "--class-label", 2)
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    for ti, s in enumerate(traj["sigma"]):
+        exact = linear_manifold_singular_values(3 * LAM, 16, 1.0, s, "denoiser")
+        assert rel_err(traj["singular_values"][:, ti], exact[None]) < 1e-10
+    assert json.loads(traj.attrs["model_config"])["class_label"] == 2
+    res = run(*args, "--resume", "--class-label", 1)
+    assert res.exit_code == 2 and "class_label (2 in the file, 1 now)" in res.output
+    for model, label, message in ((f"edm:{SPEC}:edm_conditional", 3, "not a class of this model (0..2)"),
+                                  (f"edm:{SPEC}:edm_from_raw", 0, "EDMPrecond is not class-conditional"),
+                                  (ASSETS.parent.parent / "data" / "demo.toml", 0, "not an analytic model")):
+        res = run("estimate", "--model", model, "--data", "noise", "--class-label", label,
+                  "--out", tmp_path / "x.h5", "--quiet")
+        assert res.exit_code == 2 and message in res.output and len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "x.h5").exists()
+
+
 def test_edm_refuses_other_schedules_parameterizations_and_float64_for_edm_codebase(tmp_path):
     res = run("estimate", "--model", f"edm:{SPEC}:edm_style", "--data", "noise",
               "--out", tmp_path / "x.h5", "--quiet")

@@ -47,8 +47,17 @@ class DiffusersScoreModel(NetworkScoreModel):
             self.module.to(device=device, dtype=dtype)
         return self
 
+    def n_classes(self) -> int:
+        """`num_class_embeds` of a UNet with a class embedding table (0: unconditional)."""
+        return int(getattr(self.module.config, "num_class_embeds", None) or 0)
+
+    def class_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The chosen class as diffusers takes it: an int64 index, (1,), broadcast over the batch."""
+        return torch.tensor([self.class_label], dtype=torch.int64, device=x.device)
+
     def call(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
-        return self.module(x, labels, return_dict=False)[0]
+        extra = {} if self.class_label is None else {"class_labels": self.class_labels(x)}
+        return self.module(x, labels, return_dict=False, **extra)[0]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), **self.details}

@@ -61,6 +61,7 @@ class NetworkScoreModel(ScoreModel):
         self.time_label = time_label
         self.call_kwargs = dict(call_kwargs or {})
         self.interface = interface
+        self.class_label: int | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> NetworkScoreModel:
         self.module.to(device=device, dtype=dtype)
@@ -77,7 +78,29 @@ class NetworkScoreModel(ScoreModel):
             "parameterization": self.parameterization,
             "time_label": self.time_label,
             "call_kwargs": self.call_kwargs,
+            **({"class_label": self.class_label} if self.class_label is not None else {}),
         }
+
+    def n_classes(self) -> int:
+        """Classes of a class-conditional module: EDM's `label_dim` (0: unconditional)."""
+        dim = getattr(self.module, "label_dim", 0)
+        return dim if isinstance(dim, int) else 0
+
+    def condition(self, class_label: int) -> None:
+        """Evaluate every prediction at class `class_label` of a class-conditional module."""
+        n = self.n_classes()
+        if n <= 0:
+            raise SpectraError(f"--class-label: {type(self.module).__name__} is not class-conditional")
+        if not 0 <= class_label < n:
+            raise SpectraError(f"--class-label {class_label} is not a class of this model (0..{n - 1})")
+        self.class_label = class_label
+
+    def class_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """EDM's `class_labels` for the chosen class: one-hot, (1, label_dim), broadcast over the
+        batch as EDMPrecond broadcasts its own default."""
+        labels = torch.zeros((1, self.n_classes()), dtype=x.dtype, device=x.device)
+        labels[0, self.class_label] = 1
+        return labels
 
     def labels(self, t: float, n: int, x: torch.Tensor) -> torch.Tensor:
         """The (n,) time input of the module at schedule time t."""
@@ -90,8 +113,10 @@ class NetworkScoreModel(ScoreModel):
         return torch.full((n,), value, dtype=x.dtype, device=x.device)
 
     def call(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
-        """The module's raw output at x and its time labels."""
-        return self.module(x, labels, **self.call_kwargs)
+        """The module's raw output at x and its time labels (and class, if one was chosen)."""
+        if self.class_label is None:
+            return self.module(x, labels, **self.call_kwargs)
+        return self.module(x, labels, class_labels=self.class_labels(x), **self.call_kwargs)
 
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         out = self.call(x, self.labels(t, x.shape[0], x))

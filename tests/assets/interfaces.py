@@ -24,12 +24,13 @@ def cov() -> torch.Tensor:
     return torch.as_tensor(U @ np.diag(LAM) @ U.T)
 
 
-def solve(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def solve(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, scale=1.0) -> torch.Tensor:
     """(alpha^2 S + sigma^2 I)^{-1} x per sample, x (B, D), alpha and sigma (B,), by the
     eigendecomposition: U diag(1 / (alpha^2 LAM + sigma^2)) U^T x + (x - U U^T x) / sigma^2.
-    (Not torch.linalg.solve: its forward-mode rule under nested vmap is wrong in torch 2.13.)"""
+    (Not torch.linalg.solve: its forward-mode rule under nested vmap is wrong in torch 2.13.)
+    `scale` multiplies LAM (the class-conditional model's classes)."""
     u = torch.as_tensor(U).to(x)
-    lam = torch.as_tensor(LAM).to(x)
+    lam = torch.as_tensor(LAM).to(x) * scale
     coef = x @ u  # (B, m)
     inside = (coef / (alpha[:, None] ** 2 * lam + sigma[:, None] ** 2)) @ u.T
     return inside + (x - coef @ u.T) / sigma[:, None] ** 2
@@ -58,6 +59,31 @@ class EdmStyle(torch.nn.Module):
             raise RuntimeError("force_fp32 was not set")
         x, sigma = x.to(torch.float32), sigma.to(torch.float32)
         return self.scale * exact_denoiser(x, sigma)
+
+
+class EdmConditional(torch.nn.Module):
+    """A class-conditional EDMPrecond-like denoiser: class c (EDM's one-hot class_labels, shape
+    (B or 1, label_dim)) is the Gaussian with covariance (c + 1) S, so its exact denoiser is
+    (c + 1) S ((c + 1) S + sigma^2 I)^{-1} x; class_labels None means zeros, as in EDM."""
+
+    sample_shape = (D,)
+    sigma_min, sigma_max, sigma_data = 0.01, 20.0, SIGMA_DATA
+    label_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, sigma, class_labels=None, force_fp32=False):
+        if class_labels is None:
+            class_labels = torch.zeros((1, self.label_dim), dtype=x.dtype)
+        factor = (class_labels.reshape(-1, self.label_dim) @ torch.arange(1.0, 4.0).to(x))[0]
+        inv = solve(x, torch.ones_like(sigma), sigma, factor)
+        return self.scale * factor * (inv @ cov().to(x))
+
+
+def edm_conditional():
+    return EdmConditional()
 
 
 class RawNetwork(torch.nn.Module):
