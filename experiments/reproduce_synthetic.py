@@ -69,15 +69,14 @@ class Study:
         self.commands: list[str] = []
         self.seconds: dict[str, float] = {}
 
-    def spectra(self, *args: str | Path, label: str | None = None, threads: int | None = None,
-                run: bool = True) -> None:
-        """Run one spectra command (as `spectra ...` in the page), timing it under `label`; with
-        run False, only list it (a checkpoint reused from an earlier run of the study)."""
+    def command(self, *args: str | Path) -> list[str]:
+        """The arguments of one spectra command, listed (as `spectra ...`) for the page."""
         args = [str(a) for a in args] + ([] if args[0] == "compare-theory" else ["--quiet"])
         self.commands.append("spectra " + " ".join(a.replace(str(self.work) + "/", "") for a in args))
-        if not run:
-            self.seconds[f"{label} (reused)"] = 0.0
-            return
+        return args
+
+    def execute(self, args: list[str], label: str | None = None, threads: int | None = None) -> None:
+        """Run one listed command, timing it under `label` (if given)."""
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "spectra_cli", *args], check=True, cwd=self.work,
@@ -87,31 +86,29 @@ class Study:
 
     def train_all(self, jobs: dict[str, tuple[Path, ...]]) -> dict[str, Path]:
         """Train every job {name: (spec, *extra options)}, two at a time on one thread each (the
-        2-core machine's best throughput; the weights differ from a 2-thread run by round-off)."""
-        def one(name: str) -> Path:
-            spec, *extra = jobs[name]
+        2-core machine's best throughput; the weights differ from a 2-thread run by round-off).
+        With --reuse, a checkpoint already at its step count is listed but not retrained."""
+        todo = {}
+        for name, (spec, *extra) in jobs.items():
             out = self.work / f"{name}.pt"
             steps = max(1, int(STEPS[name] * self.scale))
-            done = self.reuse and out.exists() and int(torch.load(out, weights_only=True)["step"]) == steps
-            self.spectra("train", "--data", spec, "--out", out, "--steps", steps, "--overwrite",
-                         *extra, label=f"train {name}", threads=1, run=not done)
-            return out
-
-        first = len(self.commands)
+            args = self.command("train", "--data", spec, "--out", out, "--steps", steps, "--overwrite",
+                                *extra)
+            if self.reuse and out.exists() and int(torch.load(out, weights_only=True)["step"]) == steps:
+                self.seconds[f"train {name} (reused)"] = 0.0
+            else:
+                todo[name] = args
         with ThreadPoolExecutor(2) as pool:
-            outs = dict(zip(jobs, pool.map(one, jobs), strict=True))
-        order = [f"--out {name}.pt " for name in jobs]  # list the commands in job order
-        self.commands[first:] = sorted(self.commands[first:],
-                                       key=lambda c: next(i for i, o in enumerate(order) if o in c))
-        return outs
+            list(pool.map(lambda name: self.execute(todo[name], f"train {name}", threads=1), todo))
+        return {name: self.work / f"{name}.pt" for name in jobs}
 
     def measure(self, name: str, model: Path, *extra: str | Path, theory: tuple = ()) -> dict:
         """Estimate on a grid log-uniform in tau between the default grid's ends, then compare
         (with `theory`, compare-theory's options naming the theory, where the run has none)."""
         run = self.work / f"{name}.h5"
-        self.spectra("estimate", "--model", model, "--out", run, "--times", tau_uniform_times(self.n_times),
-                     "--overwrite", *extra, label=f"estimate {name}")
-        self.spectra("compare-theory", run, "--out", self.work / f"{name}-theory", *theory)
+        self.execute(self.command("estimate", "--model", model, "--out", run, "--times",
+                                  tau_uniform_times(self.n_times), "--overwrite", *extra), f"estimate {name}")
+        self.execute(self.command("compare-theory", run, "--out", self.work / f"{name}-theory", *theory))
         return json.loads((self.work / f"{name}-theory" / "metrics.json").read_text())
 
 

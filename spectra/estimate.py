@@ -37,7 +37,6 @@ from spectra.jacobian.methods import (
     topk_at,
 )
 from spectra.models.base import ScoreModel
-from spectra.models.network import NetworkScoreModel
 from spectra.models.parameterization import TARGETS
 from spectra.models.specs import load_model
 from spectra.schedules import Schedule
@@ -330,8 +329,6 @@ class _Setup:
 def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> _Setup:
     model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
     if opts.class_label is not None:
-        if not isinstance(model, NetworkScoreModel):
-            raise SpectraError("--class-label needs a class-conditional network, not an analytic model")
         model.condition(opts.class_label)
     schedule = model.schedule
     times = time_grid(schedule, opts)

@@ -293,10 +293,10 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         if step % opts.checkpoint_every == 0 or step == opts.steps:
             if not math.isfinite(loss.item()):
                 raise SpectraError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            _save(out, config, step, net, ema, optimizer, losses, points)
+            if step < opts.steps:  # the final checkpoint is written once, below
+                _save(out, config, step, net, ema, optimizer, losses, points)
     bar.close()
-    if slim:
-        _save(out, config, step, None, ema, None, losses, points)
+    _save(out, config, step, None if slim else net, ema, None if slim else optimizer, losses, points)
     return out
 
 

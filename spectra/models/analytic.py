@@ -154,13 +154,13 @@ class GaussianMixture(ScoreModel):
         """x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi, z ~ N(0, I)."""
         comp = rng.choice(len(self.weights), size=n, p=self.weights)
         z = rng.standard_normal((n, self.eigenvalues.shape[1]))
-        scaled = np.sqrt(self.eigenvalues[comp]) * z
+        scaled = torch.from_numpy(np.sqrt(self.eigenvalues[comp]) * z)
         x = torch.from_numpy(self.means[comp])
         # One matmul per component (no (n, D, r) copy of the bases), in torch: numpy's OpenBLAS
         # threads spin-wait against torch's and made each training step five times slower.
         for k in np.unique(comp):
-            rows = torch.from_numpy(np.flatnonzero(comp == k))
-            x[rows] += torch.from_numpy(scaled[rows.numpy()]) @ torch.from_numpy(self.bases[k]).T
+            rows = torch.from_numpy(comp == k)
+            x[rows] += scaled[rows] @ torch.from_numpy(self.bases[k]).T
         return x.numpy().reshape((n, *self.shape))
 
 

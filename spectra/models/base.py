@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spectra.errors import SpectraError
 from spectra.models.parameterization import check_target, to_target
 from spectra.schedules import Schedule
 
@@ -43,6 +44,11 @@ class ScoreModel(ABC):
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
         """n samples (n, *shape) from the model's own data distribution, or None if unknown."""
         return None
+
+    def condition(self, class_label: int) -> None:
+        """Evaluate every prediction at class `class_label`; only class-conditional networks
+        (NetworkScoreModel) have classes."""
+        raise SpectraError("--class-label needs a class-conditional network, not an analytic model")
 
     def alpha_sigma(self, t: float) -> tuple[float, float]:
         """(alpha(t), sigma(t)) as float64 Python floats."""
