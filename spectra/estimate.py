@@ -27,12 +27,14 @@ import spectra
 from spectra import distributed, store
 from spectra.arrays import load_array
 from spectra.errors import SpectraError, first_line
+from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
     METHODS,
     AutodiffPath,
     evaluate_checked,
     haar_directions,
     jacobian_spectra,
+    method_operator,
     probe_path,
     topk_at,
 )
@@ -46,6 +48,7 @@ DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
 DEFAULT_TOPK = 16
 _BATCH_BUDGET_BYTES = 2**28
+_SPECTRA_COPIES = 6
 
 
 @dataclass
@@ -173,18 +176,31 @@ def _device(name: str, sweep: distributed.Sweep | None = None) -> torch.device:
 
 def default_batch_size(
     model: ScoreModel, dim: int, dtype: torch.dtype, device: torch.device | None = None,
-    free_bytes: int | None = None,
+    free_bytes: int | None = None, pair_bytes: int | None = None,
 ) -> int:
-    """(anchor, direction) pairs per chunk: a memory budget over the estimated activation bytes
-    per pair (model.activation_factor values of size D each), between 1 and 4096. The budget is
-    256 MiB on the CPU and a quarter of the free memory on a CUDA device
-    (torch.cuda.mem_get_info, or `free_bytes` when given) once the model is on it."""
+    """(anchor, direction) pairs per chunk: a memory budget over the bytes per pair, between 1
+    and 4096. The bytes per pair are `pair_bytes` when measured (memory.pair_bytes), else
+    estimated as model.activation_factor values of size D. The budget is 256 MiB on the CPU and
+    a quarter of the free memory on a CUDA device (torch.cuda.mem_get_info, or `free_bytes` when
+    given) once the model is on it."""
     if free_bytes is None and device is not None and device.type == "cuda":
         free_bytes = torch.cuda.mem_get_info(device)[0]
     budget = _BATCH_BUDGET_BYTES if free_bytes is None else free_bytes // 4
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per_pair = dim * itemsize * max(1, model.activation_factor)
-    return int(min(4096, max(1, budget // per_pair)))
+    if pair_bytes is None:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        pair_bytes = dim * itemsize * max(1, model.activation_factor)
+    return int(min(4096, max(1, budget // pair_bytes)))
+
+
+def _measured_pair_bytes(model: ScoreModel, point: torch.Tensor, t: float, target: str,
+                         path: AutodiffPath, step: str | float) -> int:
+    """CUDA bytes per pair of this run's products at `point` (memory.pair_bytes); a dense run
+    adds the float64 copies its spectra take per pair of the Jacobian (the cast, its symmetric
+    and skew parts, and the solvers' workspaces: _SPECTRA_COPIES values of 8 bytes per pair)."""
+    op = method_operator(model, point[None], t, target, path, PROBE_PAIRS, step)
+    products = {"vjp": ("rmatmat",), "topk": ("matmat", "rmatmat")}.get(path.method, ("matmat",))
+    measured = pair_bytes(op, products)
+    return measured if path.method == "topk" else measured + _SPECTRA_COPIES * 8 * op.dim
 
 
 def _validate(opts: EstimateOptions) -> None:
@@ -339,19 +355,30 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     device = _device(opts.device, sweep)
     dtype = getattr(torch, opts.dtype)
     model.to(device, dtype)
-    # an explicit --batch-size, else the recorded chunk layout (resume), else the default
+    # an explicit --batch-size, else the recorded chunk layout (resume), else the default:
+    # estimated for the preflight's forward passes, measured for the products on a GPU
     batch_size = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None
-                                     else default_batch_size(model, dim, dtype, device))
+                                     else None)
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
-    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    estimated = default_batch_size(model, dim, dtype, device)
+    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size or estimated)
+    step = parse_step(opts.step)
+    probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
         path = _recorded_path(old_attrs)
     else:
-        path = probe_path(model, x0_t[0] * float(alpha[0]), float(times[0]), opts.target, opts.method)
-    return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim), batch_size,
-                  parse_step(opts.step), path, tf32)
+        path = probe_path(model, *probe, opts.target, opts.method)
+    if batch_size is None and device.type == "cuda":
+        try:
+            measured = _measured_pair_bytes(model, *probe, opts.target, path, step)
+        except torch.cuda.OutOfMemoryError:
+            raise SpectraError(f"out of GPU memory at t={probe[1]:g} with {PROBE_PAIRS} products "
+                               "at one anchor: the model does not fit this GPU") from None
+        batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
+    return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim),
+                  batch_size or estimated, step, path, tf32)
 
 
 def _oom(t: float, batch_size: int) -> str:

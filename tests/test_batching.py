@@ -1,8 +1,11 @@
 """Default chunk sizes: a fixed budget on the CPU, a share of the free memory on a GPU."""
 
+import pytest
 import torch
 
 from spectra.estimate import default_batch_size
+from spectra.jacobian import AutodiffPath, make_operator
+from spectra.jacobian.memory import pair_bytes
 from spectra.models import demo_manifold_spec, load_model
 
 
@@ -16,6 +19,20 @@ def test_gpu_batch_follows_free_memory():
     assert default_batch_size(model, 100, torch.float64, free_bytes=2**50) == 4096
     half = default_batch_size(model, 100, torch.float32, free_bytes=4 * 50 * per_pair)
     assert half == 100  # float32 pairs take half the bytes
+
+
+def test_measured_pair_bytes_replace_the_estimate():
+    model = load_model(demo_manifold_spec())
+    free = 2**30
+    assert default_batch_size(model, 100, torch.float64, free_bytes=free, pair_bytes=2**20) == 256
+    assert default_batch_size(model, 100, torch.float64, free_bytes=free, pair_bytes=2**31) == 1
+
+
+def test_memory_is_measured_on_cuda_only():
+    op = make_operator(load_model(demo_manifold_spec()), torch.zeros(1, 100, dtype=torch.float64),
+                       0.5, "score", AutodiffPath("jvp"), 8)
+    with pytest.raises(ValueError, match="CUDA"):
+        pair_bytes(op, ("matmat",))
 
 
 def test_cpu_batch_is_a_fixed_budget():

@@ -70,12 +70,7 @@ def test_network_on_cuda_matches_autograd_jacobian_on_cpu(tmp_path):
                                    "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     traj = spectra.load(out)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("nets", ASSETS / "nets.py")
-    nets = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nets)
-    net = nets.tiny().double()
+    net = _load_nets().tiny().double()
     t = torch.full((1,), 0.4, dtype=torch.float64)
     for n in range(2):
         x = torch.as_tensor(traj["x0"][n])
@@ -96,3 +91,46 @@ def test_topk_on_cuda_matches_closed_form(tmp_path):
         exact = linear_manifold_singular_values(lam, 100, a, s, "denoiser")[:16]
         assert rel_err(traj["singular_values"][:, ti], exact[None]) < 1e-10
     assert np.all(traj["residuals"] <= 1e-6 * traj["singular_values"])
+
+
+def _load_nets():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets", ASSETS / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    return nets
+
+
+def test_pair_bytes_count_the_hidden_tangents():
+    """Forward mode keeps one tangent of the 2^20-unit hidden layer per pair (and the tanh's
+    tangent beside it): the measured bytes per pair lie between one and eight such tangents."""
+    from spectra.jacobian import AutodiffPath, make_operator
+    from spectra.jacobian.memory import pair_bytes
+    from spectra.models import NetworkScoreModel
+
+    nets = _load_nets()
+    model = NetworkScoreModel(nets.wide(), Schedule("ve"), "eps", shape=(16,))
+    model.to(torch.device("cuda"), torch.float64)
+    x = torch.randn(1, 16, dtype=torch.float64, device="cuda")
+    op = make_operator(model, x, 0.4, "eps", AutodiffPath("jvp"), 8)
+    hidden = nets.WIDE * 8
+    assert hidden <= pair_bytes(op, ("matmat",)) <= 8 * hidden
+
+
+def test_default_chunks_fit_measured_memory(tmp_path):
+    """With the guess of 64 D values a pair, 300 anchors of this wide net would go in chunks of
+    4096 pairs, whose hidden tangents alone take 32 GiB per layer; measured, a chunk's hidden
+    tangents fit a quarter of the free memory and the run completes."""
+    out = tmp_path / "wide.h5"
+    free = torch.cuda.mem_get_info()[0]
+    res = CliRunner().invoke(cli, ["estimate", "--model", f"{ASSETS / 'nets.py'}:wide", "--schedule", "ve",
+                                   "--parameterization", "eps", "--data", "noise", "--n-samples", "300",
+                                   "--times", "0.4", "--device", "cuda", "--target", "eps",
+                                   "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    batch = int(traj.attrs["batch_size"])
+    assert batch < 4096
+    assert batch * _load_nets().WIDE * 8 <= free // 4
+    assert traj.attrs["complete"]

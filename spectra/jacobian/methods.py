@@ -166,19 +166,27 @@ def jacobian_at(
     """Dense Jacobians (N, D, D) of `target` at `points` (N, *shape), time t, by `method`
     (not `auto`: resolve it with probe_path first), on `path` (default: torch.func, as it is).
     directions: None (basis) or (N, D, D) orthogonal matrices."""
-    if method in ("jvp", "vjp"):
-        op = make_operator(model, points, t, target, path or AutodiffPath(method), batch_size)
-        if method == "vjp" and directions is not None:
-            jt = op.rmatmat(directions)  # J^T Q  =>  J = Q (J^T Q)^T
-            return directions @ jt.transpose(1, 2)
-        return dense_jacobian(op, directions, adjoint=method == "vjp")
-    if method in ("fd-forward", "fd-central"):
-        scheme = method.removeprefix("fd-")
-        sigma = float(model.schedule.sigma(t))
-        h = finite_difference_step(step, points, sigma, scheme)
-        op = FiniteDifferenceJacobian(_target_fn(model, t, target), points, batch_size, h, scheme)
-        return dense_jacobian(op, directions)
-    raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
+    if method not in DENSE_METHODS:
+        raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
+    op = method_operator(model, points, t, target, path or AutodiffPath(method), batch_size, step)
+    if method == "vjp" and directions is not None:
+        jt = op.rmatmat(directions)  # J^T Q  =>  J = Q (J^T Q)^T
+        return directions @ jt.transpose(1, 2)
+    return dense_jacobian(op, directions, adjoint=method == "vjp")
+
+
+def method_operator(
+    model: ScoreModel, points: torch.Tensor, t: float, target: str, path: AutodiffPath,
+    batch_size: int, step: str | float = "auto",
+) -> JacobianOperator:
+    """The operator whose products `path.method` takes: finite differences of `target` with the
+    step `step` (finite_difference_step) for fd-forward and fd-central, else exact products
+    (make_operator)."""
+    if path.method in ("fd-forward", "fd-central"):
+        scheme = path.method.removeprefix("fd-")
+        h = finite_difference_step(step, points, float(model.schedule.sigma(t)), scheme)
+        return FiniteDifferenceJacobian(_target_fn(model, t, target), points, batch_size, h, scheme)
+    return make_operator(model, points, t, target, path, batch_size)
 
 
 def topk_at(

@@ -29,6 +29,15 @@ def tiny():
     return TinyNet()
 
 
+WIDE = 2**20
+
+
+def wide():
+    """TinyNet with 2^20 hidden units: every (point, direction) pair's tangents through its
+    hidden layer take 2^20 values, far more than the default guess of 64 D."""
+    return TinyNet(width=WIDE)
+
+
 class Killer(TinyNet):
     """Sends itself SIGKILL on forward call number SPECTRA_TEST_KILL_AT (a crash mid-run); under
     torchrun only on rank SPECTRA_TEST_KILL_RANK when that is set."""
