@@ -181,10 +181,12 @@ def default_batch_size(
     """(anchor, direction) pairs per chunk: a memory budget over the bytes per pair, between 1
     and 4096. The bytes per pair are `pair_bytes` when measured (memory.pair_bytes), else
     estimated as model.activation_factor values of size D. The budget is 256 MiB on the CPU and
-    a quarter of the free memory on a CUDA device (torch.cuda.mem_get_info, or `free_bytes` when
-    given) once the model is on it."""
+    a quarter of the free memory on a CUDA device (torch.cuda.mem_get_info plus the caching
+    allocator's idle blocks, or `free_bytes` when given) once the model is on it."""
     if free_bytes is None and device is not None and device.type == "cuda":
-        free_bytes = torch.cuda.mem_get_info(device)[0]
+        # the caching allocator's idle blocks are free to this process too
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free_bytes = torch.cuda.mem_get_info(device)[0] + idle
     budget = _BATCH_BUDGET_BYTES if free_bytes is None else free_bytes // 4
     if pair_bytes is None:
         itemsize = torch.empty((), dtype=dtype).element_size()
@@ -193,14 +195,19 @@ def default_batch_size(
 
 
 def _measured_pair_bytes(model: ScoreModel, point: torch.Tensor, t: float, target: str,
-                         path: AutodiffPath, step: str | float) -> int:
-    """CUDA bytes per pair of this run's products at `point` (memory.pair_bytes); a dense run
-    adds the float64 copies its spectra take per pair of the Jacobian (the cast, its symmetric
-    and skew parts, and the solvers' workspaces: _SPECTRA_COPIES values of 8 bytes per pair)."""
+                         path: AutodiffPath, step: str | float, k: int) -> int:
+    """CUDA bytes per pair of this run's products at `point` (memory.pair_bytes), plus what the
+    algorithm keeps per pair beside them: a dense run the float64 copies its spectra take of a
+    Jacobian row (the cast, its symmetric and skew parts and the solvers' workspaces:
+    _SPECTRA_COPIES values of 8 bytes); a top-k run its Krylov bases, at worst D columns of D
+    values for each of V and U plus one transient copy, shared by the block's pairs."""
     op = method_operator(model, point[None], t, target, path, PROBE_PAIRS, step)
     products = {"vjp": ("rmatmat",), "topk": ("matmat", "rmatmat")}.get(path.method, ("matmat",))
     measured = pair_bytes(op, products)
-    return measured if path.method == "topk" else measured + _SPECTRA_COPIES * 8 * op.dim
+    if path.method == "topk":
+        itemsize = point.element_size()
+        return measured + 3 * itemsize * op.dim * op.dim // _block_size(k, op.dim)
+    return measured + _SPECTRA_COPIES * 8 * op.dim
 
 
 def _validate(opts: EstimateOptions) -> None:
@@ -371,11 +378,17 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     else:
         path = probe_path(model, *probe, opts.target, opts.method)
     if batch_size is None and device.type == "cuda":
+        k = min(opts.k or dim, dim)
         try:
-            measured = _measured_pair_bytes(model, *probe, opts.target, path, step)
+            measured = _measured_pair_bytes(model, *probe, opts.target, path, step, k)
         except torch.cuda.OutOfMemoryError:
-            raise SpectraError(f"out of GPU memory at t={probe[1]:g} with {PROBE_PAIRS} products "
-                               "at one anchor: the model does not fit this GPU") from None
+            raise SpectraError(f"out of GPU memory at t={probe[1]:g} measuring {PROBE_PAIRS} "
+                               "products at one anchor: pass a smaller --batch-size") from None
+        except Exception as exc:  # user model code, on more than one vector at a time
+            raise SpectraError(
+                f"measuring the memory of {PROBE_PAIRS} products failed at t={probe[1]:g}: "
+                f"{type(exc).__name__}: {first_line(exc)} (pass --batch-size to skip it)"
+            ) from exc
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
     return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim),
                   batch_size or estimated, step, path, tf32)

@@ -119,3 +119,18 @@ def test_info_reports_the_path(tmp_path):
     estimate(tmp_path, "attention")
     res = run("info", tmp_path / "run.h5")
     assert res.exit_code == 0 and "autodiff    torch.func, context forward-ad-safe" in res.output
+
+
+def test_jacobian_at_runs_the_method_it_is_given():
+    """A recorded path supplies the engine and context; the method named takes precedence, so
+    fd-central on a jvp path is finite differences (round-off ~1e-10 from the closed form of
+    this linear score, not exact)."""
+    from spectra.jacobian import AutodiffPath, jacobian_at
+    from spectra.models import demo_manifold_spec, load_model
+
+    model = load_model(demo_manifold_spec())
+    x = torch.as_tensor(model.sample(1, np.random.default_rng(0)))
+    exact = jacobian_at(model, x, 0.5, "score", "jvp")
+    fd = jacobian_at(model, x, 0.5, "score", "fd-central", path=AutodiffPath("jvp"))
+    err = float((fd - exact).abs().max() / exact.abs().max())
+    assert 0 < err < 1e-6

@@ -31,7 +31,8 @@ def pair_bytes(op: JacobianOperator, products: Sequence[str], pairs: int = PROBE
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    vectors = torch.randn(1, single.dim, pairs, dtype=op.points.dtype, device=device)
+    gen = torch.Generator(device).manual_seed(0)  # leaves the global CUDA stream of numbers alone
+    vectors = torch.randn(1, single.dim, pairs, dtype=op.points.dtype, device=device, generator=gen)
     for name in products:
         getattr(single, name)(vectors)
     torch.cuda.synchronize(device)

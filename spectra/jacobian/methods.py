@@ -16,7 +16,7 @@ ran is recorded in the run file.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -168,7 +168,8 @@ def jacobian_at(
     directions: None (basis) or (N, D, D) orthogonal matrices."""
     if method not in DENSE_METHODS:
         raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
-    op = method_operator(model, points, t, target, path or AutodiffPath(method), batch_size, step)
+    path = AutodiffPath(method) if path is None else replace(path, method=method)
+    op = method_operator(model, points, t, target, path, batch_size, step)
     if method == "vjp" and directions is not None:
         jt = op.rmatmat(directions)  # J^T Q  =>  J = Q (J^T Q)^T
         return directions @ jt.transpose(1, 2)
