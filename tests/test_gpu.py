@@ -63,13 +63,7 @@ def test_float32_on_cuda_is_not_tf32():
 def test_network_on_cuda_matches_autograd_jacobian_on_cpu(tmp_path):
     """A real network on the GPU in float64: the stored singular values equal those of the
     Jacobian that torch.autograd.functional.jacobian computes for the same net on the CPU."""
-    out = tmp_path / "net.h5"
-    res = CliRunner().invoke(cli, ["estimate", "--model", f"{ASSETS / 'nets.py'}:tiny", "--schedule", "ve",
-                                   "--parameterization", "eps", "--data", "noise", "--n-samples", "2",
-                                   "--times", "0.4", "--device", "cuda", "--target", "eps",
-                                   "--out", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
-    traj = spectra.load(out)
+    traj = _net_on_cuda(tmp_path, "tiny", 2)
     net = _load_nets().tiny().double()
     t = torch.full((1,), 0.4, dtype=torch.float64)
     for n in range(2):
@@ -91,6 +85,17 @@ def test_topk_on_cuda_matches_closed_form(tmp_path):
         exact = linear_manifold_singular_values(lam, 100, a, s, "denoiser")[:16]
         assert rel_err(traj["singular_values"][:, ti], exact[None]) < 1e-10
     assert np.all(traj["residuals"] <= 1e-6 * traj["singular_values"])
+
+
+def _net_on_cuda(tmp_path, factory: str, n_samples: int):
+    """The run of `spectra estimate` on nets.py:factory (eps, ve) at noise anchors, t = 0.4."""
+    out = tmp_path / f"{factory}.h5"
+    res = CliRunner().invoke(cli, ["estimate", "--model", f"{ASSETS / 'nets.py'}:{factory}",
+                                   "--schedule", "ve", "--parameterization", "eps", "--data", "noise",
+                                   "--n-samples", str(n_samples), "--times", "0.4", "--device", "cuda",
+                                   "--target", "eps", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return spectra.load(out)
 
 
 def _load_nets():
@@ -122,14 +127,9 @@ def test_default_chunks_fit_measured_memory(tmp_path):
     """With the guess of 64 D values a pair, 300 anchors of this wide net would go in chunks of
     4096 pairs, whose hidden tangents alone take 32 GiB per layer; measured, a chunk's hidden
     tangents fit a quarter of the free memory and the run completes."""
-    out = tmp_path / "wide.h5"
-    free = torch.cuda.mem_get_info()[0]
-    res = CliRunner().invoke(cli, ["estimate", "--model", f"{ASSETS / 'nets.py'}:wide", "--schedule", "ve",
-                                   "--parameterization", "eps", "--data", "noise", "--n-samples", "300",
-                                   "--times", "0.4", "--device", "cuda", "--target", "eps",
-                                   "--out", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
-    traj = spectra.load(out)
+    idle = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    free = torch.cuda.mem_get_info()[0] + idle
+    traj = _net_on_cuda(tmp_path, "wide", 300)
     batch = int(traj.attrs["batch_size"])
     assert batch < 4096
     assert batch * _load_nets().WIDE * 8 <= free // 4
