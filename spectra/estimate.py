@@ -30,6 +30,7 @@ from spectra.errors import SpectraError, first_line
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
     METHODS,
+    PRODUCTS,
     AutodiffPath,
     evaluate_checked,
     haar_directions,
@@ -202,8 +203,7 @@ def _measured_pair_bytes(model: ScoreModel, point: torch.Tensor, t: float, targe
     _SPECTRA_COPIES values of 8 bytes); a top-k run its Krylov bases, at worst D columns of D
     values for each of V and U plus one transient copy, shared by the block's pairs."""
     op = method_operator(model, point[None], t, target, path, PROBE_PAIRS, step)
-    products = {"vjp": ("rmatmat",), "topk": ("matmat", "rmatmat")}.get(path.method, ("matmat",))
-    measured = pair_bytes(op, products)
+    measured = pair_bytes(op, PRODUCTS[path.method])
     if path.method == "topk":
         itemsize = point.element_size()
         return measured + 3 * itemsize * op.dim * op.dim // _block_size(k, op.dim)
@@ -364,21 +364,20 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     model.to(device, dtype)
     # an explicit --batch-size, else the recorded chunk layout (resume), else the default:
     # estimated for the preflight's forward passes, measured for the products on a GPU
-    batch_size = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None
-                                     else None)
+    chosen = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None else None)
+    batch_size = chosen or default_batch_size(model, dim, dtype, device)
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
-    estimated = default_batch_size(model, dim, dtype, device)
-    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size or estimated)
+    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
         path = _recorded_path(old_attrs)
     else:
         path = probe_path(model, *probe, opts.target, opts.method)
-    if batch_size is None and device.type == "cuda":
-        k = min(opts.k or dim, dim)
+    k = min(opts.k or dim, dim)
+    if chosen is None and device.type == "cuda":
         try:
             measured = _measured_pair_bytes(model, *probe, opts.target, path, step, k)
         except torch.cuda.OutOfMemoryError:
@@ -390,8 +389,7 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
                 f"{type(exc).__name__}: {first_line(exc)} (pass --batch-size to skip it)"
             ) from exc
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
-    return _Setup(model, times, alpha, sigma, x0, x0_t, min(opts.k or dim, dim),
-                  batch_size or estimated, step, path, tf32)
+    return _Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32)
 
 
 def _oom(t: float, batch_size: int) -> str:

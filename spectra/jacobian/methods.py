@@ -87,6 +87,10 @@ class AutodiffPath:
                    list(d.get("tried", [])))
 
 
+#: the operator products each method takes: J V (matmat), J^T U (rmatmat) or both
+PRODUCTS = {"jvp": ("matmat",), "vjp": ("rmatmat",), "topk": ("matmat", "rmatmat"),
+            "fd-forward": ("matmat",), "fd-central": ("matmat",)}
+
 #: candidate (method, engine, context) in order of preference, per requested method
 _CANDIDATES = {
     "jvp": [("jvp", "torch.func", "default"), ("jvp", "torch.func", "forward-ad-safe")],
@@ -122,10 +126,8 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
         probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
         probe[0, 0, 0] = 1
         try:
-            if name in ("jvp", "topk"):
-                op.matmat(probe)
-            if name in ("vjp", "topk"):
-                op.rmatmat(probe)
+            for product in PRODUCTS[name]:
+                getattr(op, product)(probe)
         except SpectraError:
             raise
         except Exception as exc:  # the model's ops lack this autodiff mode: try the next path
