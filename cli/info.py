@@ -81,7 +81,8 @@ def _autodiff_line(path: dict[str, Any]) -> list[str]:
     """How the products were taken, when autodiff ran (none for finite differences)."""
     if path.get("engine", "none") == "none":
         return []
-    line = f"  autodiff    {path['engine']}, context {path['context']}"
+    compiled = " (compiled)" if path.get("compiled") else ""
+    line = f"  autodiff    {path['engine']}{compiled}, context {path['context']}"
     if path.get("tried"):
         line += f" (after {len(path['tried'])} failed path(s): {path['tried'][0]['error'][:80]})"
     return [line]

@@ -101,6 +101,9 @@ def cli() -> None:
               show_default=True)
 @click.option("--batch-size", type=int, default=None,
               help="(anchor, direction) pairs per chunk [default: from the model size].")
+@click.option("--compile", is_flag=True,
+              help="Compile the forward-mode products with torch.compile (network models; falls "
+              "back to eager products, recorded, where compiling fails).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--save-points", is_flag=True, help="Store the exact evaluation points.")
 @click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default=None,

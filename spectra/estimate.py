@@ -29,6 +29,7 @@ from spectra.arrays import load_array
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
+    COMPILABLE,
     METHODS,
     PRODUCTS,
     AutodiffPath,
@@ -50,6 +51,8 @@ DEFAULT_N_TIMES = 20
 DEFAULT_TOPK = 16
 _BATCH_BUDGET_BYTES = 2**28
 _SPECTRA_COPIES = 6
+#: options added after the first run files, with the value that those files ran with
+_LATER_OPTIONS = {"compile": False}
 
 
 @dataclass
@@ -79,6 +82,7 @@ class EstimateOptions:
     parameterization: str | None = None
     shape: tuple[int, ...] | None = None
     class_label: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         """Defaults that depend on the method: top-k targets the denoiser (its largest values
@@ -227,6 +231,9 @@ def _validate(opts: EstimateOptions) -> None:
         raise SpectraError(f"--tol must be between 0 and 1, got {opts.tol}")
     if opts.method == "topk" and opts.directions != "basis":
         raise SpectraError("--directions haar applies to dense methods, not --method topk")
+    if opts.compile and opts.method not in COMPILABLE:
+        raise SpectraError(f"--compile compiles forward-mode products: it applies to --method "
+                           f"{', '.join(COMPILABLE)}, not {opts.method}")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
     parse_step(opts.step)
@@ -248,7 +255,7 @@ def _recorded_path(attrs: dict[str, Any]) -> AutodiffPath:
 def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
     """The existing file's attributes, if it is a run with the same options."""
     attrs = _attrs(path)
-    old = json.loads(attrs.get("options") or "{}")
+    old = {**_LATER_OPTIONS, **json.loads(attrs.get("options") or "{}")}
     new = opts.to_dict()
     # the chunk size changes no value (only the grouping of anchors), so a resume may set another
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "batch_size"]
@@ -369,13 +376,15 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
+    if opts.compile and model.time_inputs(float(times[0]), x0_t) is None:
+        raise SpectraError("--compile applies to network models; an analytic model is not compiled")
     _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
         path = _recorded_path(old_attrs)
     else:
-        path = probe_path(model, *probe, opts.target, opts.method)
+        path = probe_path(model, *probe, opts.target, opts.method, compile=opts.compile)
     k = min(opts.k or dim, dim)
     if chosen is None and device.type == "cuda":
         try:

@@ -60,10 +60,13 @@ def test_float32_on_cuda_is_not_tf32():
     assert rel_err(res.singular_values[:, :80], exact[None]) < 1e-4
 
 
-def test_network_on_cuda_matches_autograd_jacobian_on_cpu(tmp_path):
-    """A real network on the GPU in float64: the stored singular values equal those of the
-    Jacobian that torch.autograd.functional.jacobian computes for the same net on the CPU."""
-    traj = _net_on_cuda(tmp_path, "tiny", 2)
+@pytest.mark.parametrize("extra", [(), ("--compile",)])
+def test_network_on_cuda_matches_autograd_jacobian_on_cpu(tmp_path, extra):
+    """A real network on the GPU in float64, with eager and with compiled products: the stored
+    singular values equal those of the Jacobian that torch.autograd.functional.jacobian computes
+    for the same net on the CPU."""
+    traj = _net_on_cuda(tmp_path, "tiny", 2, *extra)
+    assert json.loads(traj.attrs["autodiff"])["compiled"] is bool(extra)
     net = _load_nets().tiny().double()
     t = torch.full((1,), 0.4, dtype=torch.float64)
     for n in range(2):
@@ -87,13 +90,14 @@ def test_topk_on_cuda_matches_closed_form(tmp_path):
     assert np.all(traj["residuals"] <= 1e-6 * traj["singular_values"])
 
 
-def _net_on_cuda(tmp_path, factory: str, n_samples: int):
-    """The run of `spectra estimate` on nets.py:factory (eps, ve) at noise anchors, t = 0.4."""
+def _net_on_cuda(tmp_path, factory: str, n_samples: int, *extra: str):
+    """The run of `spectra estimate` on nets.py:factory (eps, ve) at noise anchors, t = 0.4,
+    with `extra` options."""
     out = tmp_path / f"{factory}.h5"
     res = CliRunner().invoke(cli, ["estimate", "--model", f"{ASSETS / 'nets.py'}:{factory}",
                                    "--schedule", "ve", "--parameterization", "eps", "--data", "noise",
                                    "--n-samples", str(n_samples), "--times", "0.4", "--device", "cuda",
-                                   "--target", "eps", "--out", str(out), "--quiet"])
+                                   "--target", "eps", "--out", str(out), "--quiet", *extra])
     assert res.exit_code == 0, res.output
     return spectra.load(out)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -70,13 +71,15 @@ ENGINES = ("torch.func", "torch.autograd", "none")
 @dataclass
 class AutodiffPath:
     """How products are taken: `method` (jvp | vjp | topk | fd-forward | fd-central), `engine`
-    (ENGINES; "none" for finite differences), `context` (safety.CONTEXTS), and `tried`: the
-    paths that failed before it, each {method, engine, context, error}."""
+    (ENGINES; "none" for finite differences), `context` (safety.CONTEXTS), `compiled` (J v by
+    torch.compile, operators.AutodiffJacobian) and `tried`: the paths that failed before it,
+    each {method, engine, context, compiled, error}."""
 
     method: str
     engine: str = "torch.func"
     context: str = "default"
-    tried: list[dict[str, str]] = field(default_factory=list)
+    tried: list[dict] = field(default_factory=list)
+    compiled: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +87,7 @@ class AutodiffPath:
     @classmethod
     def from_dict(cls, d: dict) -> AutodiffPath:
         return cls(d["method"], d.get("engine", "torch.func"), d.get("context", "default"),
-                   list(d.get("tried", [])))
+                   list(d.get("tried", [])), bool(d.get("compiled", False)))
 
 
 #: the operator products each method takes: J V (matmat), J^T U (rmatmat) or both
@@ -100,28 +103,41 @@ _CANDIDATES = {
              for c in ("default", "forward-ad-safe")],
 }
 _CANDIDATES["auto"] = _CANDIDATES["jvp"] + _CANDIDATES["vjp"]
+#: methods whose first candidate can compile its J v products (--compile)
+COMPILABLE = ("auto", "jvp", "topk")
 
 
 def make_operator(
     model: ScoreModel, points: torch.Tensor, t: float, target: str, path: AutodiffPath,
     batch_size: int,
 ) -> JacobianOperator:
-    """The exact-product operator of `target` at `points` (N, *shape), time t, on `path`."""
+    """The exact-product operator of `target` at `points` (N, *shape), time t, on `path`; on a
+    compiled path the target is model.target_from with t passed as model.time_inputs."""
+    if path.compiled:
+        inputs = model.time_inputs(t, points)
+        fn = in_context(partial(model.target_from, target=target), path.context)
+        return AutodiffJacobian(fn, points, batch_size, inputs, compiled=True)
     fn = in_context(_target_fn(model, t, target), path.context)
     cls = AutogradJacobian if path.engine == "torch.autograd" else AutodiffJacobian
     return cls(fn, points, batch_size)
 
 
-def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str) -> AutodiffPath:
+def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
+               compile: bool = False) -> AutodiffPath:
     """The first path on which `method`'s products run at one point (shape *shape): for jvp,
     forward mode; for vjp, reverse mode; for topk, both; for auto, forward then reverse mode,
-    then central differences. Raises SpectraError listing the failures when none runs."""
+    then central differences. With `compile` (methods COMPILABLE, models with time_inputs),
+    compiled forward mode is tried first. Raises SpectraError listing the failures when none
+    runs."""
     if method in ("fd-forward", "fd-central"):
         return AutodiffPath(method, "none")
-    tried: list[dict[str, str]] = []
+    tried: list[dict] = []
     x = point[None]
-    for name, engine, context in _CANDIDATES[method]:
-        path = AutodiffPath(name, engine, context)
+    candidates = [(*c, False) for c in _CANDIDATES[method]]
+    if compile and method in COMPILABLE and model.time_inputs(t, x) is not None:
+        candidates.insert(0, (*_CANDIDATES[method][0], True))
+    for name, engine, context, compiled in candidates:
+        path = AutodiffPath(name, engine, context, compiled=compiled)
         op = make_operator(model, x, t, target, path, batch_size=1)
         probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
         probe[0, 0, 0] = 1
@@ -132,7 +148,7 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
             raise
         except Exception as exc:  # the model's ops lack this autodiff mode: try the next path
             tried.append({"method": name, "engine": engine, "context": context,
-                          "error": f"{type(exc).__name__}: {first_line(exc)}"})
+                          "compiled": compiled, "error": f"{type(exc).__name__}: {first_line(exc)}"})
             continue
         path.tried = tried
         return path

@@ -1,7 +1,8 @@
 """Jacobian operators: objects that only know how to multiply (after curvlinops).
 
 An operator holds a batched function F: (B, *shape) -> (B, *shape) whose samples are independent
-(the target of a ScoreModel at one time t) and N points x_1..x_N. It multiplies the N Jacobians
+(the target of a ScoreModel at one time t, called as fn(x, *inputs): `inputs` are tensors that
+carry t when F is written for compiled products) and N points x_1..x_N. It multiplies the N Jacobians
 J_n = dF/dx (x_n) (each D x D, D = prod(shape)) with blocks of vectors:
 
     matmat(V):  V (N, D, k) -> (N, D, k),   out[n] = J_n V[n]
@@ -15,6 +16,7 @@ Algorithms (dense spectra, top-k) take operators and never look inside them.
 from __future__ import annotations
 
 import copy
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vjp, vmap
 
-BatchedFn = Callable[[torch.Tensor], torch.Tensor]
+BatchedFn = Callable[..., torch.Tensor]
 
 
 class JacobianOperator(ABC):
@@ -31,8 +33,10 @@ class JacobianOperator(ABC):
     #: which derivative path the products use (recorded in run files)
     path: str = ""
 
-    def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int) -> None:
+    def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
+                 inputs: tuple[torch.Tensor, ...] = ()) -> None:
         self.fn = fn
+        self.inputs = inputs
         self.points = points
         self.shape = tuple(points.shape[1:])
         self.dim = points[0].numel()
@@ -77,7 +81,10 @@ class JacobianOperator(ABC):
         return out.transpose(1, 2)
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x[None])[0]
+        return self.fn(x[None], *self.inputs)[0]
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.inputs)
 
     def matmat(self, v: torch.Tensor) -> torch.Tensor:
         """J_n V[n] for every point n; V of shape (N, D, k)."""
@@ -95,14 +102,41 @@ class JacobianOperator(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no adjoint product")
 
 
+def _point_jvp(fn: BatchedFn, x: torch.Tensor, v: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    """J(x) v for one point x (*shape) and vectors v (k, *shape): jvp under one vmap."""
+    return vmap(lambda w: jvp(lambda y: fn(y[None], *inputs)[0], (x,), (w,))[1])(v)
+
+
+@functools.cache
+def _compiled_point_jvp() -> Callable[..., torch.Tensor]:
+    """_point_jvp through torch.compile (whole graph, static shapes: one graph per number of
+    vectors, reused across points and times since t arrives as inputs)."""
+    return torch.compile(_point_jvp, fullgraph=True, dynamic=False)
+
+
 class AutodiffJacobian(JacobianOperator):
     """Exact products: forward mode (torch.func.jvp) for J v, reverse mode (torch.func.vjp) for
     J^T u, both under vmap over points and vectors; each point's primal pass is shared by its
-    vectors."""
+    vectors.
+
+    compiled=True computes J v with torch.compile, one point at a time (a compiled vmap over
+    points fails in torch: pytorch issues 151196 and 160508), from fn(x, *inputs) with t in the
+    inputs, so that one graph serves every time. It removes the CPU cost of dispatching forward
+    mode op by op, which bounds a GPU's speed at small D (benchmarks/jvp_overhead.py)."""
 
     path = "jvp"
 
+    def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
+                 inputs: tuple[torch.Tensor, ...] = (), compiled: bool = False) -> None:
+        super().__init__(fn, points, batch_size, inputs)
+        self.compiled = compiled
+
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            block = _compiled_point_jvp()
+            return torch.stack([block(self.fn, xi, vi, *self.inputs)
+                                for xi, vi in zip(self.points[pts], v, strict=True)])
+
         def one(xi: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
             return jvp(self._single, (xi,), (vi,))[1]
 
@@ -134,13 +168,13 @@ class AutogradJacobian(JacobianOperator):
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = self._replicated(pts, u.shape[1])
-            (grad,) = torch.autograd.grad(self.fn(x), x, u.reshape(x.shape))
+            (grad,) = torch.autograd.grad(self._batched(x), x, u.reshape(x.shape))
         return grad.reshape(u.shape)
 
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = self._replicated(pts, v.shape[1])
-            y = self.fn(x)
+            y = self._batched(x)
             w = torch.zeros_like(y, requires_grad=True)
             (pullback,) = torch.autograd.grad(y, x, w, create_graph=True)
             (jv,) = torch.autograd.grad(pullback, w, v.reshape(x.shape))
@@ -172,12 +206,12 @@ class FiniteDifferenceJacobian(JacobianOperator):
         n, k = v.shape[:2]
         x = self.points[pts]
         h = self.step[pts].reshape(n, 1, *([1] * len(self.shape)))
-        plus = self.fn((x[:, None] + h * v).reshape(n * k, *self.shape)).reshape(v.shape)
+        plus = self._batched((x[:, None] + h * v).reshape(n * k, *self.shape)).reshape(v.shape)
         if self.scheme == "central":
-            minus = self.fn((x[:, None] - h * v).reshape(n * k, *self.shape)).reshape(v.shape)
+            minus = self._batched((x[:, None] - h * v).reshape(n * k, *self.shape)).reshape(v.shape)
             return (plus - minus) / (2 * h)
         if self._base is None:
-            self._base = self.fn(self.points)
+            self._base = self._batched(self.points)
         return (plus - self._base[pts, None]) / h
 
     def subset(self, idx: np.ndarray) -> FiniteDifferenceJacobian:

@@ -70,8 +70,8 @@ def in_context(fn: Callable[[torch.Tensor], torch.Tensor], context: str) -> Call
     if context == "default":
         return fn
 
-    def wrapped(x: torch.Tensor) -> torch.Tensor:
+    def wrapped(*args: torch.Tensor) -> torch.Tensor:
         with forward_ad_safe():
-            return fn(x)
+            return fn(*args)
 
     return wrapped

@@ -59,3 +59,13 @@ class ScoreModel(ABC):
         check_target(target)
         alpha, sigma = self.alpha_sigma(t)
         return to_target(self.predict(x, t), x, alpha, sigma, self.parameterization, target)
+
+    def time_inputs(self, t: float, like: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """Tensors (dtype and device of `like`) through which `target_from` sees the time t, so
+        that a compiled graph takes t as data and serves every time; None for models whose
+        target cannot be written that way (then products are not compiled)."""
+        return None
+
+    def target_from(self, x: torch.Tensor, *inputs: torch.Tensor, target: str) -> torch.Tensor:
+        """target(x, t, target) with t given as time_inputs(t, x) (no output shape check)."""
+        raise NotImplementedError(f"{type(self).__name__} has no time inputs")

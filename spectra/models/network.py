@@ -17,7 +17,7 @@ import torch
 
 from spectra.errors import SpectraError
 from spectra.models.base import ScoreModel
-from spectra.models.parameterization import check_parameterization
+from spectra.models.parameterization import check_parameterization, to_target
 from spectra.schedules import Schedule
 
 TIME_LABELS = ("t", "sigma", "999t")
@@ -117,6 +117,18 @@ class NetworkScoreModel(ScoreModel):
         if self.class_label is None:
             return self.module(x, labels, **self.call_kwargs)
         return self.module(x, labels, class_labels=self.class_labels(x), **self.call_kwargs)
+
+    def time_inputs(self, t: float, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(labels (1,), alpha, sigma): the module's time input for one sample and the schedule
+        values at t, as 0-d tensors."""
+        alpha, sigma = self.alpha_sigma(t)
+        scalar = {"dtype": like.dtype, "device": like.device}
+        return self.labels(t, 1, like), torch.tensor(alpha, **scalar), torch.tensor(sigma, **scalar)
+
+    def target_from(self, x: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
+                    sigma: torch.Tensor, *, target: str) -> torch.Tensor:
+        out = self.call(x, labels.expand(x.shape[0]))
+        return to_target(out, x, alpha, sigma, self.parameterization, target)
 
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         out = self.call(x, self.labels(t, x.shape[0], x))

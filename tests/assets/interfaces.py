@@ -241,6 +241,10 @@ class TanhNet(torch.nn.Module):
             h = TanhNoJvp.apply(h)
         elif self.kind == "old_style":
             h = TanhOldStyle.apply(h)
+        elif self.kind in ("plain", "graph_break"):
+            if self.kind == "graph_break":
+                torch._dynamo.graph_break()  # a no-op in eager mode; torch.compile cannot trace it
+            h = torch.tanh(h)
         else:  # numpy: no autodiff at all
             h = torch.as_tensor(np.tanh(h.detach().cpu().numpy()), dtype=x.dtype)
         return h @ self.w2.T
@@ -256,3 +260,11 @@ def tanh_old_style():
 
 def tanh_numpy():
     return TanhNet("numpy")
+
+
+def tanh_plain():
+    return TanhNet("plain")
+
+
+def tanh_graph_break():
+    return TanhNet("graph_break")

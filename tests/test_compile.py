@@ -1,0 +1,106 @@
+"""--compile: forward-mode products through torch.compile, checked against the closed form.
+
+The model is the score network W2 tanh(W1 x) of tests/assets/interfaces.py. Under the ve schedule
+(alpha = 1) its denoiser x + sigma^2 s(x) has the Jacobian I + sigma^2 W2 diag(1 - tanh^2(W1 x)) W1
+(theory.md 2), so every time enters the compiled graph through sigma. One graph must serve every
+time: t reaches it as data (ScoreModel.time_inputs), not as a constant.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from click.testing import CliRunner
+from conftest import rel_err
+from spectra_cli.main import cli
+from torch._dynamo.utils import counters
+
+import spectra
+
+ASSETS = Path(__file__).parent / "assets"
+SPEC = ASSETS / "interfaces.py"
+sys.path.insert(0, str(ASSETS))
+import interfaces  # noqa: E402
+
+TIMES = (0.3, 0.6, 0.9)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def estimate(out, factory, *extra):
+    return run("estimate", "--model", f"{SPEC}:{factory}", "--schedule", "ve", "--parameterization",
+               "score", "--data", "noise", "--n-samples", 2, "--times", ",".join(map(str, TIMES)),
+               "--target", "denoiser", "--out", out, "--quiet", *extra)
+
+
+def check_closed_form(traj, tol):
+    for n, x in enumerate(traj["x0"]):
+        for ti, sigma in enumerate(traj["sigma"]):
+            jac = np.eye(interfaces.D) + sigma**2 * interfaces.tanh_jacobian(x)
+            exact = np.linalg.svd(jac, compute_uv=False)
+            assert rel_err(traj["singular_values"][n, ti], exact) < tol
+
+
+def test_compiled_jvp_matches_the_closed_form_with_one_graph_for_every_time(tmp_path):
+    before = counters["stats"]["unique_graphs"]
+    res = estimate(tmp_path / "run.h5", "tanh_plain", "--compile")
+    assert res.exit_code == 0, res.output
+    graphs = counters["stats"]["unique_graphs"] - before
+    traj = spectra.load(tmp_path / "run.h5")
+    path = json.loads(traj.attrs["autodiff"])
+    assert path["compiled"] is True and path["tried"] == [] and traj.attrs["method_used"] == "jvp"
+    check_closed_form(traj, 1e-10)
+    # the probe's one vector and the sweep's 16; a graph per time would make 4 or more
+    assert 1 <= graphs <= 2
+    assert "torch.func (compiled), context default" in run("info", tmp_path / "run.h5").output
+
+
+def test_topk_takes_its_jvps_compiled(tmp_path):
+    res = estimate(tmp_path / "run.h5", "tanh_plain", "--compile", "--method", "topk", "--k", 4)
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(tmp_path / "run.h5")
+    assert json.loads(traj.attrs["autodiff"])["compiled"] is True
+    for n, x in enumerate(traj["x0"]):
+        for ti, sigma in enumerate(traj["sigma"]):
+            jac = np.eye(interfaces.D) + sigma**2 * interfaces.tanh_jacobian(x)
+            exact = np.linalg.svd(jac, compute_uv=False)[:4]
+            assert rel_err(traj["singular_values"][n, ti], exact) < 1e-8
+
+
+def test_a_model_that_cannot_compile_runs_eager_and_says_why(tmp_path):
+    res = estimate(tmp_path / "run.h5", "tanh_graph_break", "--compile")
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(tmp_path / "run.h5")
+    path = json.loads(traj.attrs["autodiff"])
+    assert path["compiled"] is False and path["engine"] == "torch.func"
+    assert [p["compiled"] for p in path["tried"]] == [True]
+    check_closed_form(traj, 1e-10)
+
+
+def test_compile_applies_to_forward_mode_products_of_networks(tmp_path):
+    for extra, message in [(("--method", "fd-central"), "--compile compiles forward-mode products"),
+                           (("--method", "vjp"), "not vjp")]:
+        res = estimate(tmp_path / "x.h5", "tanh_plain", "--compile", *extra)
+        assert res.exit_code == 2 and message in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    res = run("estimate", "--model", "data/demo.toml", "--compile", "--n-samples", 1,
+              "--n-times", 1, "--out", tmp_path / "x.h5", "--quiet")
+    assert res.exit_code == 2 and "--compile applies to network models" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_run_from_before_the_option_resumes_and_refuses_a_change(tmp_path):
+    out = tmp_path / "run.h5"
+    assert estimate(out, "tanh_plain").exit_code == 0
+    with h5py.File(out, "r+") as f:  # as written before --compile existed
+        options = json.loads(f.attrs["options"])
+        del options["compile"]
+        f.attrs["options"] = json.dumps(options)
+    assert estimate(out, "tanh_plain", "--resume").exit_code == 0
+    res = estimate(out, "tanh_plain", "--resume", "--compile")
+    assert res.exit_code == 2 and "compile (False in the file, True now)" in res.output
