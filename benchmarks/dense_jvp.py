@@ -6,10 +6,12 @@ per-direction finite-difference loop (one perturbed evaluation at a time, as the
 algorithms are usually coded). All three run in one process on the same net and point.
 
     python benchmarks/dense_jvp.py [--device cpu|cuda] [--size 16] [--dtype float32|float64]
-                                   [--widths 8,32] [--net conv|unet]
+                                   [--widths 8,32] [--net conv|unet] [--compile]
 
 --net unet runs the same comparison on the small U-Net of tests/assets/unet.py (widths 8 and 16
-fit its GroupNorm groups).
+fit its GroupNorm groups). --compile adds the dense jvp with compiled products (`spectra
+estimate --compile`) and, as a second floor, D batched forward passes of torch.compile(net); the
+compile times (first calls) are reported apart and left out of the timings.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 from common import environment, interleaved, write
 
-from spectra.jacobian import jacobian_at
+from spectra.jacobian import AutodiffPath, jacobian_at
 from spectra.models import NetworkScoreModel
 from spectra.schedules import Schedule
 
@@ -53,8 +56,17 @@ def build(kind: str, width: int, size: int) -> torch.nn.Module:
     return SmallConvNet(width=width)
 
 
+def first_call_s(fn, device) -> float:
+    """Wall time of fn's first call (compiling, for a compiled fn)."""
+    tick = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - tick
+
+
 def measure(kind: str, width: int, shape: tuple[int, ...], dtype, device, batch_size: int,
-            repeats: int, fd_repeats: int) -> dict:
+            repeats: int, fd_repeats: int, compiled: bool) -> dict:
     """The three timings for one net, interleaved, and their ratios."""
     torch.manual_seed(0)
     dim = math.prod(shape)
@@ -66,14 +78,16 @@ def measure(kind: str, width: int, shape: tuple[int, ...], dtype, device, batch_
     batch = torch.randn(dim, *shape, device=device, dtype=dtype)
     h = torch.finfo(dtype).eps ** 0.5
 
-    def forward_floor():
-        with torch.no_grad():
-            for start in range(0, dim, batch_size):
-                chunk = batch[start : start + batch_size]
-                net(chunk, times[: len(chunk)])
+    def forwards(module):
+        def floor():
+            with torch.no_grad():
+                for start in range(0, dim, batch_size):
+                    chunk = batch[start : start + batch_size]
+                    module(chunk, times[: len(chunk)])
+        return floor
 
-    def dense_jvp():
-        jacobian_at(model, x, t, "eps", "jvp", batch_size=batch_size)
+    def dense(path: AutodiffPath):
+        return lambda: jacobian_at(model, x, t, "eps", "jvp", batch_size=batch_size, path=path)
 
     def fd_loop():
         with torch.no_grad():
@@ -83,20 +97,35 @@ def measure(kind: str, width: int, shape: tuple[int, ...], dtype, device, batch_
                 e[i] = h
                 (model.target(x + e.view_as(x), t, "eps") - base) / h
 
-    res = interleaved(
-        {"forward_D_batched": forward_floor, "dense_jvp": dense_jvp, "fd_loop_per_direction": fd_loop},
-        {"forward_D_batched": repeats, "dense_jvp": repeats, "fd_loop_per_direction": fd_repeats},
-        device,
-    )
+    fns = {"forward_D_batched": forwards(net), "dense_jvp": dense(AutodiffPath("jvp")),
+           "fd_loop_per_direction": fd_loop}
+    compile_s = {}
+    if compiled:
+        fns["forward_D_batched_compiled"] = forwards(torch.compile(net, dynamic=False))
+        fns["dense_jvp_compiled"] = dense(AutodiffPath("jvp", compiled=True))
+        compile_s = {name: first_call_s(fns[name], device)
+                     for name in ("forward_D_batched_compiled", "dense_jvp_compiled")}
+    res = interleaved(fns, {name: fd_repeats if name.startswith("fd") else repeats for name in fns},
+                      device)
     out = {"net": f"{type(net).__name__}(width={width})",
            "parameters": sum(p.numel() for p in net.parameters()), **res}
-    for stat in ("median_s", "min_s"):
-        out[f"ratio_jvp_over_forward_{stat[:-2]}"] = (
-            res["dense_jvp"][stat] / res["forward_D_batched"][stat])
-        out[f"ratio_fd_loop_over_jvp_{stat[:-2]}"] = (
-            res["fd_loop_per_direction"][stat] / res["dense_jvp"][stat])
+    if compiled:
+        out["first_call_s"] = compile_s
+    pairs = {"jvp_over_forward": ("dense_jvp", "forward_D_batched"),
+             "fd_loop_over_jvp": ("fd_loop_per_direction", "dense_jvp")}
+    if compiled:
+        pairs.update({
+            "compiled_jvp_over_forward": ("dense_jvp_compiled", "forward_D_batched"),
+            "compiled_jvp_over_compiled_forward": ("dense_jvp_compiled", "forward_D_batched_compiled"),
+            "fd_loop_over_compiled_jvp": ("fd_loop_per_direction", "dense_jvp_compiled")})
+    for name, (num, den) in pairs.items():
+        for stat in ("median_s", "min_s"):
+            out[f"ratio_{name}_{stat[:-2]}"] = res[num][stat] / res[den][stat]
     out["goals_met"] = (out["ratio_jvp_over_forward_median"] <= 1.5
                         and out["ratio_fd_loop_over_jvp_median"] >= 10.0)
+    if compiled:
+        out["goals_met_compiled"] = (out["ratio_compiled_jvp_over_forward_median"] <= 1.5
+                                     and out["ratio_fd_loop_over_compiled_jvp_median"] >= 10.0)
     return out
 
 
@@ -110,13 +139,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--fd-repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = (3, args.size, args.size)
     dim = math.prod(shape)
     nets = [measure(args.net, int(w), shape, dtype, device, args.batch_size, args.repeats,
-                    args.fd_repeats) for w in args.widths.split(",")]
+                    args.fd_repeats, args.compile) for w in args.widths.split(",")]
     result = {
         "benchmark": "dense_jvp",
         "command": "python benchmarks/dense_jvp.py " + " ".join(sys.argv[1:]),
@@ -126,7 +156,7 @@ def main() -> None:
         "goals": {"ratio_jvp_over_forward_max": 1.5, "ratio_fd_loop_over_jvp_min": 10.0},
         "nets": nets,
     }
-    prefix = "dense_jvp" if args.net == "conv" else "dense_jvp_unet"
+    prefix = ("dense_jvp" if args.net == "conv" else "dense_jvp_unet") + ("_compiled" if args.compile else "")
     path = write(f"{prefix}_{device.type}_{args.dtype}_D{dim}", result)
     for net in nets:
         print(f"{net['net']}: forward floor {net['forward_D_batched']['median_s']:.4f} s, "
@@ -134,6 +164,13 @@ def main() -> None:
               f"fd loop {net['fd_loop_per_direction']['median_s']:.4f} s | "
               f"jvp/forward {net['ratio_jvp_over_forward_median']:.2f} (goal <= 1.5), "
               f"fd-loop/jvp {net['ratio_fd_loop_over_jvp_median']:.1f} (goal >= 10)")
+        if args.compile:
+            print(f"  compiled: dense jvp {net['dense_jvp_compiled']['median_s']:.4f} s, "
+                  f"forward floor {net['forward_D_batched_compiled']['median_s']:.4f} s | "
+                  f"jvp/forward {net['ratio_compiled_jvp_over_forward_median']:.2f}, "
+                  f"jvp/compiled forward {net['ratio_compiled_jvp_over_compiled_forward_median']:.2f}, "
+                  f"fd-loop/jvp {net['ratio_fd_loop_over_compiled_jvp_median']:.1f} "
+                  f"(compiling took {net['first_call_s']['dense_jvp_compiled']:.1f} s)")
     print(f"-> {path}")
 
 

@@ -9,9 +9,10 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 status=0
 run() { echo "+ $*"; "$@" || status=1; }
 run python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_batching.py
-run python3 benchmarks/dense_jvp.py --device cuda --dtype float32 --batch-size 768
+run python3 benchmarks/jvp_overhead.py --device cuda
+run python3 benchmarks/dense_jvp.py --device cuda --dtype float32 --batch-size 768 --compile
 run python3 benchmarks/dense_jvp.py --device cuda --dtype float64 --batch-size 768
-run python3 benchmarks/dense_jvp.py --device cuda --dtype float32 --size 32 --batch-size 3072 --fd-repeats 3
+run python3 benchmarks/dense_jvp.py --device cuda --dtype float32 --size 32 --batch-size 3072 --fd-repeats 3 --compile
 run python3 benchmarks/topk.py --device cuda --size 32 --batch-size 512 --baselines
 run python3 benchmarks/topk.py --device cuda --size 64 --batch-size 512
 if [ -n "${OUT:-}" ]; then cp benchmarks/results/*cuda*.json "$OUT"/; fi
