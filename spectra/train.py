@@ -90,10 +90,11 @@ class TrainedScoreModel(NetworkScoreModel):
         self.data = data
         self.train_points = train_points
 
-    def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        alpha, sigma = (torch.tensor(v, dtype=torch.float64) for v in self.alpha_sigma(t))
-        scale = float(c_in(alpha, sigma, self.train_config["data_variance"]))
-        level = torch.full((x.shape[0],), float(c_noise(alpha, sigma)), dtype=x.dtype, device=x.device)
+    def predict_from(self, x: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
+                     sigma: torch.Tensor) -> torch.Tensor:
+        """The module at c_in x and c_noise (computed in float64 from alpha and sigma, 0-d)."""
+        scale = c_in(alpha, sigma, self.train_config["data_variance"]).to(x.dtype)
+        level = c_noise(alpha, sigma).to(x.dtype).expand(x.shape[0])
         return self.module(x * scale, level)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
 from conftest import rel_err
 from spectra_cli.main import cli
 from torch._dynamo.utils import counters
 
 import spectra
+from spectra.jacobian import AutodiffJacobian
+from spectra.jacobian.operators import CompileFallbackWarning
 
 ASSETS = Path(__file__).parent / "assets"
 SPEC = ASSETS / "interfaces.py"
@@ -104,3 +108,36 @@ def test_a_run_from_before_the_option_resumes_and_refuses_a_change(tmp_path):
     assert estimate(out, "tanh_plain", "--resume").exit_code == 0
     res = estimate(out, "tanh_plain", "--resume", "--compile")
     assert res.exit_code == 2 and "compile (False in the file, True now)" in res.output
+
+
+def test_compiled_products_of_a_trained_checkpoint_equal_eager_ones(tmp_path):
+    """The shipped demo network (`spectra train`: eps through an input scaling, so its module is
+    not called with the bare time) gives the eager values to rounding when compiled."""
+    runs = {}
+    for name, extra in (("eager", ()), ("compiled", ("--compile",))):
+        out = tmp_path / f"{name}.h5"
+        res = run("estimate", "--n-samples", 2, "--times", "0.05,0.5", "--out", out, "--quiet", *extra)
+        assert res.exit_code == 0, res.output
+        runs[name] = spectra.load(out)
+    assert json.loads(runs["compiled"].attrs["autodiff"])["compiled"] is True
+    assert rel_err(runs["compiled"]["singular_values"], runs["eager"]["singular_values"]) < 1e-10
+    assert rel_err(runs["compiled"]["sym_eigenvalues"], runs["eager"]["sym_eigenvalues"]) < 1e-10
+
+
+def _breaks_compile(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    torch._dynamo.graph_break()
+    return scale * torch.tanh(x)
+
+
+def test_a_compile_failure_after_the_probe_warns_and_takes_eager_products():
+    """J = scale diag(1 - tanh^2(x)) from eager products, with a warning (the probe turns that
+    warning into an error: test_a_model_that_cannot_compile_runs_eager_and_says_why)."""
+    x = torch.randn(3, 5, dtype=torch.float64)
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    op = AutodiffJacobian(_breaks_compile, x, 64, (scale,), compiled=True)
+    eye = torch.eye(5, dtype=torch.float64).expand(3, 5, 5)
+    with pytest.warns(CompileFallbackWarning):
+        jac = op.matmat(eye)
+    exact = torch.diag_embed(scale * (1 - torch.tanh(x) ** 2))
+    assert torch.allclose(jac, exact, rtol=1e-14, atol=0)
+    assert op.compiled is False

@@ -16,6 +16,7 @@ ran is recorded in the run file.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
@@ -27,6 +28,7 @@ from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.operators import (
     AutodiffJacobian,
     AutogradJacobian,
+    CompileFallbackWarning,
     FiniteDifferenceJacobian,
     JacobianOperator,
 )
@@ -142,8 +144,10 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
         probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
         probe[0, 0, 0] = 1
         try:
-            for product in PRODUCTS[name]:
-                getattr(op, product)(probe)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", CompileFallbackWarning)
+                for product in PRODUCTS[name]:
+                    getattr(op, product)(probe)
         except SpectraError:
             raise
         except Exception as exc:  # the model's ops lack this autodiff mode: try the next path

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch.func import jvp, vjp, vmap
+
+from spectra.errors import first_line
 
 BatchedFn = Callable[..., torch.Tensor]
 
@@ -109,9 +112,23 @@ def _point_jvp(fn: BatchedFn, x: torch.Tensor, v: torch.Tensor, *inputs: torch.T
 
 @functools.cache
 def _compiled_point_jvp() -> Callable[..., torch.Tensor]:
-    """_point_jvp through torch.compile (whole graph, static shapes: one graph per number of
-    vectors, reused across points and times since t arrives as inputs)."""
+    """_point_jvp through torch.compile: whole graphs with static shapes, one per chunk width
+    (and per model, target and dtype), reused across points and times since t arrives as
+    inputs."""
     return torch.compile(_point_jvp, fullgraph=True, dynamic=False)
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """Compiled products failed where the probe's had run: eager products take over. Filtered
+    into an error while a path is probed, so that a probe never passes on eager products."""
+
+
+def _is_compile_error(exc: Exception) -> bool:
+    """Whether exc comes from torch.compile itself (tracing, guards, the recompile limit) rather
+    than from the model, which eager products would raise again."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(exc, TorchDynamoException)
 
 
 class AutodiffJacobian(JacobianOperator):
@@ -122,7 +139,10 @@ class AutodiffJacobian(JacobianOperator):
     compiled=True computes J v with torch.compile, one point at a time (a compiled vmap over
     points fails in torch: pytorch issues 151196 and 160508), from fn(x, *inputs) with t in the
     inputs, so that one graph serves every time. It removes the CPU cost of dispatching forward
-    mode op by op, which bounds a GPU's speed at small D (benchmarks/jvp_overhead.py)."""
+    mode op by op, which bounds a GPU's speed at small D (benchmarks/jvp_overhead.py). Should
+    compiling fail after the path probe succeeded (a new chunk width that does not trace, or
+    torch's limit of graphs per function in a long-lived process), this operator warns and takes
+    eager products, equal to rounding."""
 
     path = "jvp"
 
@@ -134,8 +154,15 @@ class AutodiffJacobian(JacobianOperator):
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
         if self.compiled:
             block = _compiled_point_jvp()
-            return torch.stack([block(self.fn, xi, vi, *self.inputs)
-                                for xi, vi in zip(self.points[pts], v, strict=True)])
+            try:
+                return torch.stack([block(self.fn, xi.contiguous(), vi.contiguous(), *self.inputs)
+                                    for xi, vi in zip(self.points[pts], v, strict=True)])
+            except Exception as exc:
+                if not _is_compile_error(exc):
+                    raise
+                warnings.warn(f"{type(exc).__name__}: {first_line(exc)}", CompileFallbackWarning,
+                              stacklevel=2)
+                self.compiled = False
 
         def one(xi: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
             return jvp(self._single, (xi,), (vi,))[1]

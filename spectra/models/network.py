@@ -119,19 +119,26 @@ class NetworkScoreModel(ScoreModel):
         return self.module(x, labels, class_labels=self.class_labels(x), **self.call_kwargs)
 
     def time_inputs(self, t: float, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(labels (1,), alpha, sigma): the module's time input for one sample and the schedule
-        values at t, as 0-d tensors."""
+        """(labels (1,), alpha, sigma): the module's time input for one sample (labels) and the
+        schedule values at t as float64 0-d tensors, on `like`'s device."""
         alpha, sigma = self.alpha_sigma(t)
-        scalar = {"dtype": like.dtype, "device": like.device}
+        scalar = {"dtype": torch.float64, "device": like.device}
         return self.labels(t, 1, like), torch.tensor(alpha, **scalar), torch.tensor(sigma, **scalar)
+
+    def predict_from(self, x: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
+                     sigma: torch.Tensor) -> Any:
+        """The prediction at x (B, *shape) given time_inputs: the module's output at its labels.
+        Subclasses that feed the module otherwise (spectra train's input scaling) override this,
+        and both predict and target_from follow."""
+        return self.call(x, labels.repeat(x.shape[0]))
 
     def target_from(self, x: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
                     sigma: torch.Tensor, *, target: str) -> torch.Tensor:
-        out = self.call(x, labels.expand(x.shape[0]))
+        out = self.predict_from(x, labels, alpha, sigma)
         return to_target(out, x, alpha, sigma, self.parameterization, target)
 
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        out = self.call(x, self.labels(t, x.shape[0], x))
+        out = self.predict_from(x, *self.time_inputs(t, x))
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise SpectraError(
