@@ -21,7 +21,7 @@ from torch._dynamo.utils import counters
 
 import spectra
 from spectra.jacobian import AutodiffJacobian
-from spectra.jacobian.operators import CompileFallbackWarning
+from spectra.jacobian.operators import CompileFallbackWarning, close_leaked_dual_level
 
 ASSETS = Path(__file__).parent / "assets"
 SPEC = ASSETS / "interfaces.py"
@@ -60,7 +60,7 @@ def test_compiled_jvp_matches_the_closed_form_with_one_graph_for_every_time(tmp_
     check_closed_form(traj, 1e-10)
     # the probe's one vector and the sweep's 16; a graph per time would make 4 or more
     assert 1 <= graphs <= 2
-    assert "torch.func (compiled), context default" in run("info", tmp_path / "run.h5").output
+    assert "torch.func (compiled), context forward-ad-safe" in run("info", tmp_path / "run.h5").output
 
 
 def test_topk_takes_its_jvps_compiled(tmp_path):
@@ -81,7 +81,7 @@ def test_a_model_that_cannot_compile_runs_eager_and_says_why(tmp_path):
     traj = spectra.load(tmp_path / "run.h5")
     path = json.loads(traj.attrs["autodiff"])
     assert path["compiled"] is False and path["engine"] == "torch.func"
-    assert [p["compiled"] for p in path["tried"]] == [True]
+    assert [(p["compiled"], p["context"]) for p in path["tried"]] == [(True, "forward-ad-safe")]
     check_closed_form(traj, 1e-10)
 
 
@@ -141,3 +141,40 @@ def test_a_compile_failure_after_the_probe_warns_and_takes_eager_products():
     exact = torch.diag_embed(scale * (1 - torch.tanh(x) ** 2))
     assert torch.allclose(jac, exact, rtol=1e-14, atol=0)
     assert op.compiled is False
+
+
+def test_attention_and_group_norm_compile_in_the_forward_ad_safe_context(tmp_path):
+    """torch's fused attention and its forward-mode group_norm do not compile under vmap(jvp);
+    math attention and group_norm by definition do. Reference: torch.autograd.functional."""
+    out = tmp_path / "run.h5"
+    res = run("estimate", "--model", f"{SPEC}:attention", "--schedule", "ve", "--parameterization",
+              "score", "--data", "noise", "--n-samples", 2, "--times", "0.3,0.7", "--compile",
+              "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    path = json.loads(traj.attrs["autodiff"])
+    assert path["compiled"] is True and path["context"] == "forward-ad-safe" and path["tried"] == []
+    net = interfaces.attention().double()
+    for n, x in enumerate(traj["x0"]):
+        jac = torch.autograd.functional.jacobian(
+            lambda z: net(z[None], torch.ones(1, dtype=torch.float64))[0], torch.as_tensor(x)
+        ).reshape(16, 16)
+        exact = torch.linalg.svdvals(jac).numpy()
+        for ti in range(2):  # the model ignores t; ve at clean anchors: alpha = 1
+            # GroupNorm makes J rank-deficient: errors relative to the largest value
+            assert np.abs(traj["singular_values"][n, ti] - exact).max() / exact[0] < 1e-12
+
+
+def test_a_leaked_dual_level_is_closed():
+    """What a failed compile of forward mode can leave behind: an open C++ dual level, after
+    which every jvp fails."""
+    def jvp_of_square():
+        return torch.func.jvp(lambda y: y**2, (torch.full((2,), 3.0),), (torch.ones(2),))[1]
+
+    torch._C._enter_dual_level()
+    with pytest.raises(RuntimeError, match="Nested forward mode AD"):
+        jvp_of_square()
+    close_leaked_dual_level()
+    assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))
+    close_leaked_dual_level()  # nothing open: a no-op
+    assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))

@@ -32,7 +32,7 @@ from spectra.jacobian.operators import (
     FiniteDifferenceJacobian,
     JacobianOperator,
 )
-from spectra.jacobian.safety import in_context
+from spectra.jacobian.safety import entered
 from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
 from spectra.theory.manifold import random_orthonormal
@@ -105,7 +105,7 @@ _CANDIDATES = {
              for c in ("default", "forward-ad-safe")],
 }
 _CANDIDATES["auto"] = _CANDIDATES["jvp"] + _CANDIDATES["vjp"]
-#: methods whose first candidate can compile its J v products (--compile)
+#: methods whose forward-mode candidates can run compiled (--compile)
 COMPILABLE = ("auto", "jvp", "topk")
 
 
@@ -113,15 +113,15 @@ def make_operator(
     model: ScoreModel, points: torch.Tensor, t: float, target: str, path: AutodiffPath,
     batch_size: int,
 ) -> JacobianOperator:
-    """The exact-product operator of `target` at `points` (N, *shape), time t, on `path`; on a
-    compiled path the target is model.target_from with t passed as model.time_inputs."""
+    """The exact-product operator of `target` at `points` (N, *shape), time t, on `path`, whose
+    products run inside path.context; on a compiled path the target is model.target_from with t
+    passed as model.time_inputs."""
+    around = partial(entered, path.context)
     if path.compiled:
-        inputs = model.time_inputs(t, points)
-        fn = in_context(partial(model.target_from, target=target), path.context)
-        return AutodiffJacobian(fn, points, batch_size, inputs, compiled=True)
-    fn = in_context(_target_fn(model, t, target), path.context)
+        fn, inputs = partial(model.target_from, target=target), model.time_inputs(t, points)
+        return AutodiffJacobian(fn, points, batch_size, inputs, around, compiled=True)
     cls = AutogradJacobian if path.engine == "torch.autograd" else AutodiffJacobian
-    return cls(fn, points, batch_size)
+    return cls(_target_fn(model, t, target), points, batch_size, around=around)
 
 
 def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
@@ -129,15 +129,18 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
     """The first path on which `method`'s products run at one point (shape *shape): for jvp,
     forward mode; for vjp, reverse mode; for topk, both; for auto, forward then reverse mode,
     then central differences. With `compile` (methods COMPILABLE, models with time_inputs),
-    compiled forward mode is tried first. Raises SpectraError listing the failures when none
-    runs."""
+    compiled forward mode is tried first, in the forward-AD-safe context. Raises SpectraError
+    listing the failures when none runs."""
     if method in ("fd-forward", "fd-central"):
         return AutodiffPath(method, "none")
     tried: list[dict] = []
     x = point[None]
     candidates = [(*c, False) for c in _CANDIDATES[method]]
     if compile and method in COMPILABLE and model.time_inputs(t, x) is not None:
-        candidates.insert(0, (*_CANDIDATES[method][0], True))
+        # one compiled try, in the context where GroupNorm and attention trace (torch's own
+        # forward-mode group_norm fails under a compiled vmap); after a failed compile torch can
+        # fail the next one, so a second try would tell nothing
+        candidates.insert(0, ("topk" if method == "topk" else "jvp", "torch.func", "forward-ad-safe", True))
     for name, engine, context, compiled in candidates:
         path = AutodiffPath(name, engine, context, compiled=compiled)
         op = make_operator(model, x, t, target, path, batch_size=1)

@@ -8,7 +8,8 @@ J_n = dF/dx (x_n) (each D x D, D = prod(shape)) with blocks of vectors:
     matmat(V):  V (N, D, k) -> (N, D, k),   out[n] = J_n V[n]
     rmatmat(U): U (N, D, k) -> (N, D, k),   out[n] = J_n^T U[n]
 
-Products are computed in chunks of at most `batch_size` (point, vector) pairs so memory stays
+Products are computed inside `around()` (a context manager factory: safety.entered for the
+forward-AD-safe context), in chunks of at most `batch_size` (point, vector) pairs so memory stays
 bounded; the chunk layout depends only on batch_size and k, so results do not depend on N.
 Algorithms (dense spectra, top-k) take operators and never look inside them.
 """
@@ -20,6 +21,7 @@ import functools
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -37,9 +39,11 @@ class JacobianOperator(ABC):
     path: str = ""
 
     def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
-                 inputs: tuple[torch.Tensor, ...] = ()) -> None:
+                 inputs: tuple[torch.Tensor, ...] = (),
+                 around: Callable[[], AbstractContextManager] = nullcontext) -> None:
         self.fn = fn
         self.inputs = inputs
+        self.around = around
         self.points = points
         self.shape = tuple(points.shape[1:])
         self.dim = points[0].numel()
@@ -76,11 +80,12 @@ class JacobianOperator(ABC):
             raise ValueError(f"expected vectors of shape ({self.n_points}, {self.dim}, k)")
         vt = v.transpose(1, 2)  # (N, k, D): one row per vector
         out = torch.empty_like(vt)
-        for pts, vec in self._chunks(k):
-            rows = vt[pts, vec]
-            rows = rows.reshape(rows.shape[0], rows.shape[1], *self.shape)
-            out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], d)
-            self.n_products += rows.shape[0] * rows.shape[1]
+        with self.around():
+            for pts, vec in self._chunks(k):
+                rows = vt[pts, vec]
+                rows = rows.reshape(rows.shape[0], rows.shape[1], *self.shape)
+                out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], d)
+                self.n_products += rows.shape[0] * rows.shape[1]
         return out.transpose(1, 2)
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +128,18 @@ class CompileFallbackWarning(RuntimeWarning):
     into an error while a path is probed, so that a probe never passes on eager products."""
 
 
+def close_leaked_dual_level() -> None:
+    """Close the forward-AD dual level a failed torch.compile of forward mode can leave open in
+    torch's C++ state (seen with torch 2.13 when inductor fails), after which every jvp raises
+    "Nested forward mode AD is not supported". Call only when no jvp is running."""
+    try:
+        level = torch._C._enter_dual_level()
+    except RuntimeError:  # a level is open although no jvp runs: the leaked one, level 0
+        torch._C._exit_dual_level(level=0)
+        return
+    torch._C._exit_dual_level(level=level)
+
+
 def _is_compile_error(exc: Exception) -> bool:
     """Whether exc comes from torch.compile itself (tracing, guards, the recompile limit) rather
     than from the model, which eager products would raise again."""
@@ -147,8 +164,10 @@ class AutodiffJacobian(JacobianOperator):
     path = "jvp"
 
     def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
-                 inputs: tuple[torch.Tensor, ...] = (), compiled: bool = False) -> None:
-        super().__init__(fn, points, batch_size, inputs)
+                 inputs: tuple[torch.Tensor, ...] = (),
+                 around: Callable[[], AbstractContextManager] = nullcontext,
+                 compiled: bool = False) -> None:
+        super().__init__(fn, points, batch_size, inputs, around)
         self.compiled = compiled
 
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
@@ -160,6 +179,7 @@ class AutodiffJacobian(JacobianOperator):
             except Exception as exc:
                 if not _is_compile_error(exc):
                     raise
+                close_leaked_dual_level()
                 warnings.warn(f"{type(exc).__name__}: {first_line(exc)}", CompileFallbackWarning,
                               stacklevel=2)
                 self.compiled = False

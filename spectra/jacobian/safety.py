@@ -19,8 +19,8 @@ group_norm while a context is open. `CONTEXTS` names the contexts recorded in ru
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -63,15 +63,8 @@ def forward_ad_safe() -> Iterator[None]:
             F.group_norm = native
 
 
-def in_context(fn: Callable[[torch.Tensor], torch.Tensor], context: str) -> Callable:
-    """fn, evaluated inside the named context ("default": as it is)."""
+def entered(context: str) -> AbstractContextManager[None]:
+    """The named context ("default": nothing; "forward-ad-safe": forward_ad_safe()), to enter."""
     if context not in CONTEXTS:
         raise ValueError(f"unknown autodiff context {context!r}")
-    if context == "default":
-        return fn
-
-    def wrapped(*args: torch.Tensor) -> torch.Tensor:
-        with forward_ad_safe():
-            return fn(*args)
-
-    return wrapped
+    return nullcontext() if context == "default" else forward_ad_safe()
