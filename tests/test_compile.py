@@ -178,3 +178,23 @@ def test_a_leaked_dual_level_is_closed():
     assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))
     close_leaked_dual_level()  # nothing open: a no-op
     assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))
+
+
+def test_a_group_norm_unet_compiles(tmp_path):
+    """A DDPM-style U-Net (GroupNorm, SiLU, time embedding, skip connections): compiled J of its
+    eps output against torch.autograd.functional.jacobian of the bare network."""
+    out = tmp_path / "run.h5"
+    res = run("estimate", "--model", f"{ASSETS / 'unet.py'}:unet", "--schedule", "ve",
+              "--parameterization", "eps", "--target", "eps", "--data", "noise", "--shape", "3,8,8",
+              "--n-samples", 1, "--times", "0.4", "--compile", "--out", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(out)
+    assert json.loads(traj.attrs["autodiff"])["compiled"] is True
+    import unet
+
+    net = unet.unet().double().eval()
+    x = torch.as_tensor(traj["x0"][0])
+    t = torch.full((1,), 0.4, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda z: net(z[None], t)[0], x).reshape(192, 192)
+    exact = torch.linalg.svdvals(jac).numpy()
+    assert np.abs(traj["singular_values"][0, 0] - exact).max() / exact[0] < 1e-12
