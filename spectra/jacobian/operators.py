@@ -115,6 +115,19 @@ def _point_jvp(fn: BatchedFn, x: torch.Tensor, v: torch.Tensor, *inputs: torch.T
     return vmap(lambda w: jvp(lambda y: fn(y[None], *inputs)[0], (x,), (w,))[1])(v)
 
 
+#: graphs torch.compile keeps for _point_jvp (torch's default, 8 per function, is reached by a
+#: process that estimates a few models, targets or dtypes; each needs its own graph)
+GRAPH_LIMIT = 64
+
+
+def _graph_limit() -> AbstractContextManager:
+    """torch.compile's limit of graphs per function raised to GRAPH_LIMIT while inside."""
+    import torch._dynamo.config as config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: GRAPH_LIMIT})
+
+
 @functools.cache
 def _compiled_point_jvp() -> Callable[..., torch.Tensor]:
     """_point_jvp through torch.compile: whole graphs with static shapes, one per chunk width
@@ -174,8 +187,9 @@ class AutodiffJacobian(JacobianOperator):
         if self.compiled:
             block = _compiled_point_jvp()
             try:
-                return torch.stack([block(self.fn, xi.contiguous(), vi.contiguous(), *self.inputs)
-                                    for xi, vi in zip(self.points[pts], v, strict=True)])
+                with _graph_limit():
+                    return torch.stack([block(self.fn, xi.contiguous(), vi.contiguous(), *self.inputs)
+                                        for xi, vi in zip(self.points[pts], v, strict=True)])
             except Exception as exc:
                 if not _is_compile_error(exc):
                     raise
