@@ -40,6 +40,7 @@ from spectra.jacobian.methods import (
     probe_path,
     topk_at,
 )
+from spectra.jacobian.operators import CompileFallbackWarning
 from spectra.models.base import ScoreModel
 from spectra.models.parameterization import TARGETS
 from spectra.models.specs import load_model
@@ -321,10 +322,7 @@ def estimate(
     if sweep.rank == 0 and n_chunks < sweep.world:
         warnings.warn(f"{n_chunks} anchor chunk(s) for {sweep.world} ranks: some ranks stay idle "
                       "(a smaller --batch-size makes more chunks)", stacklevel=2)
-    if setup.path.method == "topk":
-        _run_topk(target, setup, opts, progress, sweep)
-    else:
-        _run_dense(target, setup, opts, progress, sweep)
+    _sweep(target, setup, opts, progress, sweep)
     sweep.barrier()
     if sweep.world > 1 and sweep.rank == 0:
         for part in distributed.shards(out):
@@ -399,6 +397,26 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
             ) from exc
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
     return _Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32)
+
+
+def _sweep(target: Path, setup: _Setup, opts: EstimateOptions, progress: bool,
+           sweep: distributed.Sweep) -> None:
+    """The products of the run into `target`. Compiled products that fell back to eager ones
+    during the sweep (operators.CompileFallbackWarning, shown as every warning is) are recorded
+    in the file's `autodiff` as `fallback`, the first warning's text."""
+    run = _run_topk if setup.path.method == "topk" else _run_dense
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CompileFallbackWarning)
+            run(target, setup, opts, progress, sweep)
+    finally:
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    fallback = next((str(w.message) for w in caught if w.category is CompileFallbackWarning), None)
+    if fallback is not None:
+        with store.TrajectoryWriter(target) as writer:
+            writer.set_attrs(autodiff={**setup.path.to_dict(), "fallback": fallback})
 
 
 def _oom(t: float, batch_size: int) -> str:

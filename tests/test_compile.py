@@ -20,8 +20,8 @@ from spectra_cli.main import cli
 from torch._dynamo.utils import counters
 
 import spectra
-from spectra.jacobian import AutodiffJacobian
-from spectra.jacobian.operators import CompileFallbackWarning, close_leaked_dual_level
+from spectra.jacobian import AutodiffJacobian, operators
+from spectra.jacobian.operators import CompileFallbackWarning, close_leaked_dual_level, dual_level_open
 
 ASSETS = Path(__file__).parent / "assets"
 SPEC = ASSETS / "interfaces.py"
@@ -49,6 +49,7 @@ def check_closed_form(traj, tol):
             assert rel_err(traj["singular_values"][n, ti], exact) < tol
 
 
+@pytest.mark.filterwarnings("error::spectra.jacobian.operators.CompileFallbackWarning")
 def test_compiled_jvp_matches_the_closed_form_with_one_graph_for_every_time(tmp_path):
     before = counters["stats"]["unique_graphs"]
     res = estimate(tmp_path / "run.h5", "tanh_plain", "--compile")
@@ -63,6 +64,7 @@ def test_compiled_jvp_matches_the_closed_form_with_one_graph_for_every_time(tmp_
     assert "torch.func (compiled), context forward-ad-safe" in run("info", tmp_path / "run.h5").output
 
 
+@pytest.mark.filterwarnings("error::spectra.jacobian.operators.CompileFallbackWarning")
 def test_topk_takes_its_jvps_compiled(tmp_path):
     res = estimate(tmp_path / "run.h5", "tanh_plain", "--compile", "--method", "topk", "--k", 4)
     assert res.exit_code == 0, res.output
@@ -110,6 +112,7 @@ def test_a_run_from_before_the_option_resumes_and_refuses_a_change(tmp_path):
     assert res.exit_code == 2 and "compile (False in the file, True now)" in res.output
 
 
+@pytest.mark.filterwarnings("error::spectra.jacobian.operators.CompileFallbackWarning")
 def test_compiled_products_of_a_trained_checkpoint_equal_eager_ones(tmp_path):
     """The shipped demo network (`spectra train`: eps through an input scaling, so its module is
     not called with the bare time) gives the eager values to rounding when compiled."""
@@ -143,6 +146,7 @@ def test_a_compile_failure_after_the_probe_warns_and_takes_eager_products():
     assert op.compiled is False
 
 
+@pytest.mark.filterwarnings("error::spectra.jacobian.operators.CompileFallbackWarning")
 def test_attention_and_group_norm_compile_in_the_forward_ad_safe_context(tmp_path):
     """torch's fused attention and its forward-mode group_norm do not compile under vmap(jvp);
     math attention and group_norm by definition do. Reference: torch.autograd.functional."""
@@ -171,15 +175,33 @@ def test_a_leaked_dual_level_is_closed():
     def jvp_of_square():
         return torch.func.jvp(lambda y: y**2, (torch.full((2,), 3.0),), (torch.ones(2),))[1]
 
+    assert not dual_level_open()
     torch._C._enter_dual_level()
+    assert dual_level_open()
     with pytest.raises(RuntimeError, match="Nested forward mode AD"):
         jvp_of_square()
     close_leaked_dual_level()
+    assert not dual_level_open()
     assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))
     close_leaked_dual_level()  # nothing open: a no-op
     assert torch.equal(jvp_of_square(), torch.full((2,), 6.0))
 
 
+def test_a_fallback_during_the_sweep_is_recorded(tmp_path, monkeypatch):
+    """With room for one graph, the probe's (one vector) compiles and the sweep's (16 vectors)
+    hits torch's limit: eager products finish the run, equal to the closed form, and the file's
+    `autodiff` says so."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(operators, "GRAPH_LIMIT", 1)
+    res = estimate(tmp_path / "run.h5", "tanh_plain", "--compile")
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(tmp_path / "run.h5")
+    path = json.loads(traj.attrs["autodiff"])
+    assert path["compiled"] is True and "FailOnRecompileLimitHit" in path["fallback"]
+    check_closed_form(traj, 1e-10)
+
+
+@pytest.mark.filterwarnings("error::spectra.jacobian.operators.CompileFallbackWarning")
 def test_a_group_norm_unet_compiles(tmp_path):
     """A DDPM-style U-Net (GroupNorm, SiLU, time embedding, skip connections): compiled J of its
     eps output against torch.autograd.functional.jacobian of the bare network."""

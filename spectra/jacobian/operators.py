@@ -141,24 +141,34 @@ class CompileFallbackWarning(RuntimeWarning):
     into an error while a path is probed, so that a probe never passes on eager products."""
 
 
-def close_leaked_dual_level() -> None:
-    """Close the forward-AD dual level a failed torch.compile of forward mode can leave open in
-    torch's C++ state (seen with torch 2.13 when inductor fails), after which every jvp raises
-    "Nested forward mode AD is not supported". Call only when no jvp is running."""
+def dual_level_open() -> bool:
+    """Whether a forward-AD dual level is open in torch's process-wide state (no public API
+    tells: try to enter one)."""
     try:
         level = torch._C._enter_dual_level()
-    except RuntimeError:  # a level is open although no jvp runs: the leaked one, level 0
-        torch._C._exit_dual_level(level=0)
-        return
+    except RuntimeError:
+        return True
     torch._C._exit_dual_level(level=level)
+    return False
+
+
+def close_leaked_dual_level() -> None:
+    """Close the dual level (level 0) that a failed torch.compile of forward mode can leave open
+    in torch's C++ state (seen with torch 2.13 after two failed compiles in one process), after
+    which every jvp raises "Nested forward mode AD is not supported". Call only when no level
+    was open before the compile: it cannot tell a leaked level from one a caller opened."""
+    if dual_level_open():
+        torch._C._exit_dual_level(level=0)
 
 
 def _is_compile_error(exc: Exception) -> bool:
     """Whether exc comes from torch.compile itself (tracing, guards, the recompile limit) rather
     than from the model, which eager products would raise again."""
-    from torch._dynamo.exc import TorchDynamoException
+    from torch._dynamo import exc as dynamo
 
-    return isinstance(exc, TorchDynamoException)
+    # the recompile limit's error is no TorchDynamoException in torch 2.13
+    limit = getattr(dynamo, "FailOnRecompileLimitHit", dynamo.TorchDynamoException)
+    return isinstance(exc, (dynamo.TorchDynamoException, limit))
 
 
 class AutodiffJacobian(JacobianOperator):
@@ -186,6 +196,7 @@ class AutodiffJacobian(JacobianOperator):
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
         if self.compiled:
             block = _compiled_point_jvp()
+            level_was_open = dual_level_open()
             try:
                 with _graph_limit():
                     return torch.stack([block(self.fn, xi.contiguous(), vi.contiguous(), *self.inputs)
@@ -193,7 +204,8 @@ class AutodiffJacobian(JacobianOperator):
             except Exception as exc:
                 if not _is_compile_error(exc):
                     raise
-                close_leaked_dual_level()
+                if not level_was_open:
+                    close_leaked_dual_level()
                 warnings.warn(f"{type(exc).__name__}: {first_line(exc)}", CompileFallbackWarning,
                               stacklevel=2)
                 self.compiled = False
