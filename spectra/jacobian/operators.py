@@ -111,7 +111,8 @@ class JacobianOperator(ABC):
 
 
 def _point_jvp(fn: BatchedFn, x: torch.Tensor, v: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-    """J(x) v for one point x (*shape) and vectors v (k, *shape): jvp under one vmap."""
+    """J(x) v for one point x (*shape) and vectors v (k, *shape): jvp under one vmap. Eager
+    products vmap it over the points of a chunk; compiled ones call it point by point."""
     return vmap(lambda w: jvp(lambda y: fn(y[None], *inputs)[0], (x,), (w,))[1])(v)
 
 
@@ -209,11 +210,7 @@ class AutodiffJacobian(JacobianOperator):
                 warnings.warn(f"{type(exc).__name__}: {first_line(exc)}", CompileFallbackWarning,
                               stacklevel=2)
                 self.compiled = False
-
-        def one(xi: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
-            return jvp(self._single, (xi,), (vi,))[1]
-
-        return vmap(vmap(one, in_dims=(None, 0)), in_dims=(0, 0))(self.points[pts], v)
+        return vmap(lambda xi, vi: _point_jvp(self.fn, xi, vi, *self.inputs))(self.points[pts], v)
 
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
         def per_point(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:

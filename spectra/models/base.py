@@ -61,7 +61,7 @@ class ScoreModel(ABC):
         return to_target(self.predict(x, t), x, alpha, sigma, self.parameterization, target)
 
     def time_inputs(self, t: float, like: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """Tensors (dtype and device of `like`) through which `target_from` sees the time t, so
+        """Tensors (on the device of `like`) through which `target_from` sees the time t, so
         that a compiled graph takes t as data and serves every time; None for models whose
         target cannot be written that way (then products are not compiled)."""
         return None
