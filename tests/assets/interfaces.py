@@ -183,6 +183,15 @@ def attention():
     return Attention()
 
 
+def attention_singular_values(x: np.ndarray) -> np.ndarray:
+    """Singular values of the attention model's Jacobian at x (16,), float64, by
+    torch.autograd.functional.jacobian (a reference that does not use spectra)."""
+    net = attention().double()
+    t = torch.ones(1, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda z: net(z[None], t)[0], torch.as_tensor(x))
+    return torch.linalg.svdvals(jac.reshape(16, 16)).numpy()
+
+
 W1 = np.random.default_rng(5).standard_normal((D, D)) / 4
 W2 = np.random.default_rng(6).standard_normal((D, D)) / 4
 
