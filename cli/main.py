@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from typing import NoReturn
 
 import click
 from spectra_cli.info import describe, summary
 
 from spectra.compare import DEFAULT_RESOLUTION, compare, plot_run, theory_file
-from spectra.errors import SpectraError
+from spectra.distributed import DEFAULT_RENDEZVOUS_TIMEOUT
+from spectra.errors import SpectraError, first_line, os_error
 from spectra.estimate import EstimateOptions, estimate
 from spectra.jacobian.methods import METHODS
 from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
 from spectra.schedules import SCHEDULE_NAMES
+
+#: seeds: non-negative and stored as int64
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 class SpectraGroup(click.Group):
@@ -36,25 +41,40 @@ class SpectraGroup(click.Group):
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
         except SpectraError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except OSError as exc:  # the file system refused: missing or read-only folder, full disk
+            _fail(os_error(exc))
+        except MemoryError:
+            _fail("out of memory (a size that cannot be allocated here: lower counts, sizes or "
+                  "--batch-size)")
+        except SystemExit as exc:  # user code (a model or factory) called sys.exit
+            _fail(f"user code called sys.exit({exc.code!r}) inside spectra")
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2 (a user error)."""
+    click.echo(f"error: {first_line(message)}", err=True)
+    sys.exit(2)
 
 
 def _float_list(ctx, param, value: str | None) -> list[float] | None:
     if value is None:
         return None
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+    if not values:
+        raise click.BadParameter(f"expected at least one number, got {value!r}")
+    return values
 
 
 def _shape(ctx, param, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        shape = tuple(int(v) for v in value.split(","))
+        shape = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
     if not shape or any(s < 1 for s in shape):
@@ -104,7 +124,7 @@ def cli() -> None:
 @click.option("--compile", is_flag=True,
               help="Compile the forward-mode products with torch.compile (network models; falls "
               "back to eager products, recorded, where compiling fails).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--save-points", is_flag=True, help="Store the exact evaluation points.")
 @click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default=None,
               help="Schedule of a bare module returned by a factory.")
@@ -117,12 +137,15 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options) -> None:
+@click.option("--rendezvous-timeout", type=float, default=DEFAULT_RENDEZVOUS_TIMEOUT, show_default=True,
+              help="Under torchrun: seconds to wait for the other ranks to join.")
+def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvous_timeout: float,
+                 **options) -> None:
     """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file."""
     opts = EstimateOptions(**options)
     command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = estimate(out, opts, resume=resume, overwrite=overwrite, progress=not quiet,
-                    command=command)
+                    command=command, rendezvous_timeout=rendezvous_timeout)
     click.echo(f"wrote {path}")
 
 
@@ -134,7 +157,7 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options
               help="Train on N points drawn once (stored in the checkpoint) instead of fresh samples.")
 @click.option("--schedule", type=click.Choice(["ve", "vp", "ddpm"]), default=None,
               help="Noise schedule [default: the data spec's, else ve].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--width", type=int, default=128, show_default=True, help="Hidden width.")
 @click.option("--depth", type=int, default=2, show_default=True, help="Residual blocks.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
@@ -149,7 +172,8 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, **options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(out: str, resume: bool, overwrite: bool, slim: bool, quiet: bool, **options) -> None:
     """Train a small score network on synthetic data into a self-describing checkpoint."""
-    from spectra.train import TrainOptions, read_checkpoint, train
+    from spectra.checkpoint import read_checkpoint
+    from spectra.train import TrainOptions, train
 
     path = train(out, TrainOptions(**options), resume=resume, overwrite=overwrite, progress=not quiet,
                  slim=slim)

@@ -3,16 +3,21 @@
 .npy/.npz are read with allow_pickle=False; .npz and .h5 files holding several arrays must name
 one `x` (or `data` / `samples`); a file with a single array needs no name. A `spectra train`
 checkpoint (.pt, read with weights_only=True) gives the training points it stores (`--n-train`).
+Before any array is read its header's size is checked against the file and the memory available
+(a damaged or hostile header may declare terabytes), and an .h5 dataset must keep its data inside
+the file (spectra.hdf5).
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from spectra import hdf5
 from spectra.errors import SpectraError
+from spectra.limits import require_memory
 
 _PREFERRED = ("x", "data", "samples")
 
@@ -28,36 +33,70 @@ def _pick(names: list[str], path: Path) -> str:
     )
 
 
+def _declared(shape: tuple[int, ...], dtype: np.dtype) -> float:
+    return float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A .npy array: its header checked against the file's length (mmap refuses a header that
+    declares more than the file holds) and the memory, then read."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    require_memory(arr.nbytes, f"{path} (an array of shape {arr.shape})")
+    return np.array(arr)
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    """One array of an .npz archive: its header read first and checked against the member's
+    uncompressed length and the memory."""
+    with zipfile.ZipFile(path) as archive:
+        members = {Path(i.filename).stem: i for i in archive.infolist() if i.filename.endswith(".npy")}
+        if not members:
+            raise SpectraError(f"{path} holds no array")
+        name = _pick(list(members), path)
+        with archive.open(members[name]) as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(fh)
+        declared = _declared(shape, dtype)
+        if declared > members[name].file_size:
+            raise SpectraError(f"{path}: array {name!r} declares shape {shape} but holds "
+                               f"{members[name].file_size} bytes (a damaged file)")
+        require_memory(declared, f"{path}: array {name!r} of shape {shape}")
+    with np.load(path, allow_pickle=False) as z:
+        return z[name]
+
+
+def _read_h5(path: Path) -> np.ndarray:
+    with hdf5.open_file(path) as f:
+        names = hdf5.top_level_datasets(f)
+        if not names:
+            raise SpectraError(f"{path} holds no dataset")
+        name = _pick(names, path)
+        return hdf5.read(f, name, path)
+
+
 def load_array(path: str | Path) -> np.ndarray:
-    """The sample array in `path`, as float64, shape (N, *shape) with N >= 1."""
+    """The sample array in `path`, as float64, shape (N, *shape) with N >= 1, real and finite."""
     path = Path(path)
     if not path.is_file():
         raise SpectraError(f"data file not found: {path}")
     suffix = path.suffix.lower()
+    readers = {".npy": _read_npy, ".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5,
+               ".pt": _train_points}
+    if suffix not in readers:
+        raise SpectraError(f"unsupported data file type {suffix!r} (use .npy, .npz, .h5 or a "
+                           "spectra train checkpoint .pt)")
     try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arr = z[_pick(list(z.files), path)]
-        elif suffix in (".h5", ".hdf5"):
-            with h5py.File(path, "r") as f:
-                names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
-                if not names:
-                    raise SpectraError(f"{path} holds no dataset")
-                arr = f[_pick(names, path)][()]
-        elif suffix == ".pt":
-            arr = _train_points(path)
-        else:
-            raise SpectraError(f"unsupported data file type {suffix!r} (use .npy, .npz, .h5 or a "
-                               "spectra train checkpoint .pt)")
+        arr = np.asarray(readers[suffix](path))
     except SpectraError:
         raise
-    except (OSError, ValueError) as exc:
-        raise SpectraError(f"cannot read {path}: {exc}") from None
-    arr = np.asarray(arr)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
+        raise SpectraError(f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if arr.ndim < 2 or arr.shape[0] == 0:
         raise SpectraError(f"{path}: expected samples of shape (N, *shape), got {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise SpectraError(f"{path}: samples are complex ({arr.dtype}); spectra needs real samples")
     if not np.issubdtype(arr.dtype, np.number):
         raise SpectraError(f"{path}: samples must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
@@ -67,7 +106,7 @@ def load_array(path: str | Path) -> np.ndarray:
 
 
 def _train_points(path: Path) -> np.ndarray:
-    from spectra.train import read_checkpoint
+    from spectra.checkpoint import read_checkpoint
 
     ck = read_checkpoint(path)
     if "train_points" not in ck:

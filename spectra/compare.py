@@ -16,15 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from spectra import analysis, plot, store
+from spectra import analysis, hdf5, plot, store
 from spectra.errors import SpectraError
+from spectra.limits import require_memory
+from spectra.lock import locked
+from spectra.outputs import check_folder, check_replaceable
 from spectra.spec_toml import load_manifold, manifold_from_table
 from spectra.theory.prediction import LinearTheory
 
 DEFAULT_RESOLUTION = 0.1
 THEORY_FORMAT = "spectra-theory"
+METRICS_FORMAT = "spectra-metrics"
+METRICS = "metrics.json"
+FIGURES = ("spectrum.png", "trajectories.png", "gaps.png")
 
 
 @dataclass
@@ -118,7 +125,7 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
     run = Path(run)
     traj = store.load(run)
     theory, source = theory_for_run(traj, manifold, data)
-    out = _out_dir(run, out_dir, "theory")
+    out = _out_dir(run, out_dir, "theory", (METRICS, *FIGURES))
     target = traj.attrs["target"]
     tau, alpha, sigma, t = traj["tau"], traj["alpha"], traj["sigma"], traj["t"]
     mu, done = measured_spectrum(traj)
@@ -144,21 +151,22 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
             "spectrum_distance": float(np.nanmax(distances[have, ti])) if have.any() else None,
             "measured_phase": measured_labels[ti], "predicted_phase": predicted_labels[ti],
         })
-    metrics = {"run": str(run), "target": target, "resolution": delta, "theory": source,
-               "times": times, "phases": phases}
+    metrics = {"format": METRICS_FORMAT, "run": str(run), "target": target, "resolution": delta,
+               "theory": source, "times": times, "phases": phases}
 
     grid = density_grid()
     arrays = {"tau": tau, "eigenvalues": predicted,
               "singular_values": theory.singular_values(alpha, sigma, target),
               "density_grid": grid, "density": theory.density(tau, grid), "atom": theory.atom(tau)}
-    write_theory_group(run, arrays, {"source": json.dumps(source), "resolution": delta,
-                                     "phases": json.dumps(phases["predicted"])})
+    with locked(run):
+        write_theory_group(run, arrays, {"source": json.dumps(source), "resolution": delta,
+                                         "phases": json.dumps(phases["predicted"])})
 
     label = f"({run.name}, {target}; theory: {source['source']})"
     figures = _figures(out, tau, mu, median, delta, phases["measured"], label, predicted,
                        phases["predicted"])
     metrics["figures"] = [f.name for f in figures]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return Comparison(metrics, arrays, figures)
 
 
@@ -168,7 +176,7 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None,
     delta = check_resolution(resolution)
     run = Path(run)
     traj = store.load(run)
-    out = _out_dir(run, out_dir, "plots")
+    out = _out_dir(run, out_dir, "plots", FIGURES)
     target = traj.attrs["target"]
     tau = traj["tau"]
     mu, _ = measured_spectrum(traj)
@@ -186,10 +194,10 @@ def _figures(out: Path, tau: np.ndarray, mu: np.ndarray, median: np.ndarray, del
     indices = sorted({g["index"] for ph in found for g in ph["intermediate_gaps"]}
                      | {ph["manifold_gap_index"] for ph in found if ph["manifold_gap_index"]})
     return [
-        plot.spectra_at_times(out / "spectrum.png", tau, mu, predicted, label),
-        plot.trajectories(out / "trajectories.png", tau, median, predicted, predicted_phases,
+        plot.spectra_at_times(out / FIGURES[0], tau, mu, predicted, label),
+        plot.trajectories(out / FIGURES[1], tau, median, predicted, predicted_phases,
                           measured_phases, label),
-        plot.gap_width_curves(out / "gaps.png", tau, median, delta, indices, predicted, label),
+        plot.gap_width_curves(out / FIGURES[2], tau, median, delta, indices, predicted, label),
     ]
 
 
@@ -210,13 +218,30 @@ def _dim(value: int) -> int | None:
     return int(value) if value > 0 else None
 
 
-def _out_dir(run: Path, out_dir: str | Path | None, suffix: str) -> Path:
+def _out_dir(run: Path, out_dir: str | Path | None, suffix: str, names: tuple[str, ...]) -> Path:
+    """The output folder (made if missing), once none of the files `names` to be written there
+    is a file of someone else's (only spectra's metrics and matplotlib's figures are replaced)."""
     out = Path(out_dir) if out_dir is not None else run.with_name(f"{run.stem}-{suffix}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
+    for name in names:
+        own = _own_metrics if name == METRICS else plot.check_own_figure
+        check_replaceable(out / name, own, "spectra output")
     return out
+
+
+def _own_metrics(path: Path) -> None:
+    """compare-theory's metrics.json: format spectra-metrics (or, before that key, the run and
+    times that every metrics.json holds)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise SpectraError("not JSON") from None
+    legacy = isinstance(data, dict) and "format" not in data and {"run", "times"} <= set(data)
+    if not (isinstance(data, dict) and data.get("format") == METRICS_FORMAT or legacy):
+        raise SpectraError(f"no format {METRICS_FORMAT!r}")
 
 
 def density_grid(n: int = 1000) -> np.ndarray:
@@ -233,8 +258,11 @@ def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str
         for key, value in src.attrs.items():
             dst.attrs[key] = value
         for name in src:
-            if name != "theory":
-                src.copy(src[name], dst, name=name)
+            if name == "theory":
+                continue
+            if not isinstance(src.get(name, getlink=True), h5py.HardLink):
+                raise SpectraError(f"{run}: {name!r} is a link; spectra copies only the run's own objects")
+            src.copy(src[name], dst, name=name)
         group = dst.create_group("theory")
         for name, arr in arrays.items():
             group.create_dataset(name, data=arr)
@@ -252,15 +280,15 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
         raise SpectraError(f"need 0 < --tau-min < --tau-max, got {tau_min} and {tau_max}")
     if n_tau < 1 or n_grid < 2:
         raise SpectraError("--n-tau must be at least 1 and --n-grid at least 2")
-    out = Path(out)
+    require_memory(3 * 8 * n_tau * n_grid, f"--n-tau {n_tau} x --n-grid {n_grid} densities")
+    out = check_folder(out)
     if out.exists() and not overwrite:
         raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise SpectraError(f"folder {out.parent} does not exist")
+    check_replaceable(out, _own_theory_file, "spectra theory file")
     theory = LinearTheory.from_manifold(load_manifold(manifold))
     tau = np.geomspace(tau_min, tau_max, n_tau)
     grid = density_grid(n_grid)
-    with store.atomic_h5(out) as f:
+    with locked(out), store.atomic_h5(out) as f:
         f.attrs.update({"format": THEORY_FORMAT, "format_version": 1, "manifold": str(manifold),
                         "resolution": delta, "phases": json.dumps(theory.phases(delta)),
                         "description": json.dumps(theory.description)})
@@ -270,3 +298,11 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
         f["density"] = theory.density(tau, grid)
         f["atom"] = theory.atom(tau)
     return out
+
+
+def _own_theory_file(path: Path) -> None:
+    """`spectra theory`'s own HDF5 files."""
+    with hdf5.open_file(path) as f:
+        fmt = store._decode(f.attrs.get("format", ""))
+    if fmt != THEORY_FORMAT:
+        raise SpectraError(f"format {fmt or 'missing'!r}")

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 
+#: seconds the rendezvous (and every exchange before the sweep) waits for a missing peer
+DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 #: ranks with fewer chunks wait at the final barrier for the others: no practical time limit
-_TIMEOUT = datetime.timedelta(days=30)
+_SWEEP_TIMEOUT = datetime.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,10 @@ class Sweep:
             raise SpectraError(failed[0])
 
     def barrier(self) -> None:
+        """Wait for every rank, without a practical time limit (the sweep's chunks take as long
+        as they take)."""
         if self.world > 1:
-            dist.barrier()
+            dist.barrier(group=_sweep_group)
 
     def shard(self, out: Path) -> Path:
         """This rank's shard file beside RUN.h5."""
@@ -71,15 +75,38 @@ def shards(out: Path) -> list[Path]:
     return sorted((p for p, r in ranks.items() if r.isdigit()), key=lambda p: int(ranks[p]))
 
 
-def current() -> Sweep:
-    """The sweep this process belongs to, joining torchrun's process group on first use."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _env_int(name: str, default: str | None = None) -> int:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise SpectraError(f"torchrun: WORLD_SIZE is set but {name} is not (launch with torchrun, "
+                           "or unset WORLD_SIZE)")
+    try:
+        return int(value)
+    except ValueError:
+        raise SpectraError(f"torchrun: {name}={value!r} is not an integer") from None
+
+
+def current(timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT) -> Sweep:
+    """The sweep this process belongs to, joining torchrun's process group on first use; the
+    rendezvous with the other ranks waits at most `timeout` seconds, then ends in one line."""
+    world = _env_int("WORLD_SIZE", "1")
     if world <= 1:
         return Sweep()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local = _env_int("RANK"), _env_int("LOCAL_RANK", "0")
+    if not 0 <= rank < world or local < 0:
+        raise SpectraError(f"torchrun: RANK={rank} and LOCAL_RANK={local} do not fit WORLD_SIZE={world}")
+    if not timeout > 0:
+        raise SpectraError(f"--rendezvous-timeout must be positive, got {timeout}")
     if not dist.is_initialized():
         try:  # gloo even with CUDA: only small objects and barriers cross ranks
-            dist.init_process_group("gloo", timeout=_TIMEOUT)
-        except Exception as exc:  # a broken launch environment
-            raise SpectraError(f"cannot join the torchrun process group: {exc}") from None
+            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+            global _sweep_group
+            _sweep_group = dist.new_group(backend="gloo", timeout=_SWEEP_TIMEOUT)
+        except Exception as exc:  # a broken launch environment, or a peer that never came
+            raise SpectraError(f"cannot join the torchrun process group of {world} ranks within "
+                               f"{timeout:g} s (--rendezvous-timeout): {first_line(exc)}") from None
     return Sweep(rank, world, local)
+
+
+#: the group of the final barrier, where ranks wait for the slowest one's chunks
+_sweep_group = None

@@ -13,3 +13,10 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (for one-line errors about user code)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+def os_error(exc: OSError) -> str:
+    """A file-system error as one line: what failed and on which path."""
+    what = exc.strerror or type(exc).__name__
+    where = ", ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{what}: {where}" if where else first_line(exc) or what

@@ -7,6 +7,7 @@ produces the same values as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -24,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 import spectra
-from spectra import distributed, store
+from spectra import distributed, hdf5, outputs, store
 from spectra.arrays import load_array
 from spectra.errors import SpectraError, first_line
+from spectra.fingerprint import array_digest, file_digest, model_digest
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
     COMPILABLE,
@@ -41,6 +43,8 @@ from spectra.jacobian.methods import (
     topk_at,
 )
 from spectra.jacobian.operators import CompileFallbackWarning
+from spectra.limits import require_disk, require_memory
+from spectra.lock import locked
 from spectra.models.base import ScoreModel
 from spectra.models.parameterization import TARGETS
 from spectra.models.specs import load_model
@@ -54,6 +58,12 @@ _BATCH_BUDGET_BYTES = 2**28
 _SPECTRA_COPIES = 6
 #: options added after the first run files, with the value that those files ran with
 _LATER_OPTIONS = {"compile": False}
+#: options a resume compares by the content they lead to (the model's fingerprint, the anchors,
+#: the time grid), not by spelling; the chunk size changes no value at all
+_CONTENT_OPTIONS = ("model", "data", "n_samples", "times", "n_times", "t_min", "t_max", "schedule",
+                    "parameterization", "shape", "batch_size")
+#: the largest integer an option may take (run files store them as int64)
+_MAX_INT = 2**62
 
 
 @dataclass
@@ -118,6 +128,8 @@ def time_grid(schedule: Schedule, opts: EstimateOptions) -> np.ndarray:
     if opts.times is not None:
         if opts.t_min is not None or opts.t_max is not None:
             raise SpectraError("give either --times or --t-min/--t-max, not both")
+        if len(opts.times) == 0:
+            raise SpectraError("--times is empty: give at least one time")
         times = schedule.validate(opts.times)
     else:
         lo, hi = schedule.default_range
@@ -125,6 +137,7 @@ def time_grid(schedule: Schedule, opts: EstimateOptions) -> np.ndarray:
         t_max = hi if opts.t_max is None else opts.t_max
         if opts.n_times < 1:
             raise SpectraError(f"--n-times must be at least 1, got {opts.n_times}")
+        require_memory(16 * 8 * opts.n_times, f"a grid of --n-times {opts.n_times}")
         schedule.validate([t_min, t_max])
         if not t_min <= t_max:
             raise SpectraError(f"--t-min {t_min:g} is above --t-max {t_max:g}")
@@ -144,6 +157,15 @@ def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
     n = opts.n_samples
     if n is not None and n < 1:
         raise SpectraError(f"--n-samples must be at least 1, got {n}")
+    if opts.shape is not None and model.shape is not None and tuple(opts.shape) != tuple(model.shape):
+        raise SpectraError(f"--shape {','.join(map(str, opts.shape))} does not apply: the model's "
+                           f"samples have shape {tuple(model.shape)}")
+    shape = opts.shape or model.shape
+    if opts.data is None or opts.data == "noise":
+        if shape is not None:
+            count = n or DEFAULT_N_SAMPLES
+            require_memory(2 * 8 * count * math.prod(shape),
+                           f"{count} anchors of shape {tuple(shape)} (--n-samples)")
     if opts.data is None:
         x0 = model.sample(n or DEFAULT_N_SAMPLES, _rng(opts.seed, _SEED_ANCHORS))
         if x0 is None:
@@ -151,7 +173,6 @@ def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
                 "this model has no data distribution of its own: pass --data FILE or --data noise"
             )
     elif opts.data == "noise":
-        shape = opts.shape or model.shape
         if shape is None:
             raise SpectraError("--data noise needs the sample shape: pass --shape C,H,W")
         x0 = _rng(opts.seed, _SEED_ANCHORS).standard_normal((n or DEFAULT_N_SAMPLES, *shape))
@@ -160,11 +181,13 @@ def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
         if n is not None and n > len(x0):
             raise SpectraError(f"{opts.data} holds {len(x0)} samples; --n-samples asked for {n}")
         x0 = x0[: n or DEFAULT_N_SAMPLES]
-    want = model.shape or opts.shape
-    if want is not None and tuple(x0.shape[1:]) != tuple(want):
+    if shape is not None and tuple(x0.shape[1:]) != tuple(shape):
         raise SpectraError(
-            f"data samples have shape {tuple(x0.shape[1:])} but the model takes {tuple(want)}"
+            f"data samples have shape {tuple(x0.shape[1:])} but the model takes {tuple(shape)}"
         )
+    x0 = np.asarray(x0)
+    if np.iscomplexobj(x0) or not np.all(np.isfinite(x0)):
+        raise SpectraError("the anchors must be real and finite")
     return np.ascontiguousarray(x0, dtype=np.float64)
 
 
@@ -216,6 +239,12 @@ def _measured_pair_bytes(model: ScoreModel, point: torch.Tensor, t: float, targe
 
 
 def _validate(opts: EstimateOptions) -> None:
+    for field in dataclasses.fields(opts):
+        value = getattr(opts, field.name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _MAX_INT:
+            raise SpectraError(f"--{field.name.replace('_', '-')} {value} is too large")
+    if opts.seed < 0:
+        raise SpectraError(f"--seed must be non-negative, got {opts.seed}")
     if opts.target not in TARGETS:
         raise SpectraError(f"--target must be one of {', '.join(TARGETS)}")
     if opts.method not in METHODS:
@@ -242,7 +271,7 @@ def _validate(opts: EstimateOptions) -> None:
 
 def _attrs(path: Path) -> dict[str, Any]:
     """A run file's root attributes, decoded."""
-    with store.open_checked(path) as f:
+    with store.open_checked(path) as f, hdf5.damaged(path):
         return {k: store._decode(v) for k, v in f.attrs.items()}
 
 
@@ -254,16 +283,55 @@ def _recorded_path(attrs: dict[str, Any]) -> AutodiffPath:
 
 
 def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
-    """The existing file's attributes, if it is a run with the same options."""
+    """The existing file's attributes, if it is a run with the same options. Options that lead
+    to content (`_CONTENT_OPTIONS`) are compared by that content in `_check_content`, so the same
+    spec named from another folder, or a default spelled out, resumes."""
     attrs = _attrs(path)
     old = {**_LATER_OPTIONS, **json.loads(attrs.get("options") or "{}")}
     new = opts.to_dict()
-    # the chunk size changes no value (only the grouping of anchors), so a resume may set another
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "batch_size"]
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in _CONTENT_OPTIONS]
     if diff:
         parts = ", ".join(f"{k} ({old.get(k)!r} in the file, {new.get(k)!r} now)" for k in diff)
         raise SpectraError(f"cannot resume {path}: options differ: {parts}")
     return attrs
+
+
+def _fingerprints(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[str, str | None]:
+    """What the run is computed from, by content (spectra.fingerprint): the model's digest,
+    the anchors' and the data file's."""
+    data_file = opts.data is not None and opts.data != "noise"
+    return {"model": model, "anchors": array_digest(x0),
+            "data": file_digest(opts.data) if data_file else None}
+
+
+def _check_content(path: Path, old_attrs: dict[str, Any], fingerprints: dict[str, str | None],
+                   x0: np.ndarray, times: np.ndarray) -> None:
+    """Refuse a resume that would mix two computations in one file: another model (by its
+    fingerprint, where the file records one), other anchors or another time grid than the
+    file's; and a file whose `done` entries do not fit it."""
+    recorded = json.loads(old_attrs.get("fingerprints") or "{}")
+    if recorded.get("model") not in (None, fingerprints["model"]):
+        raise SpectraError(f"cannot resume {path}: the model differs from the one the run was "
+                           "started with (its weights or description changed)")
+    with store.open_checked(path) as f:
+        old_x0, old_t = hdf5.read(f, "x0", path), hdf5.read(f, "t", path)
+    if old_x0.shape != x0.shape or not np.array_equal(old_x0, x0):
+        raise SpectraError(f"cannot resume {path}: the anchors differ from the run's x0 "
+                           f"({old_x0.shape[0]} of shape {old_x0.shape[1:]} in the file, "
+                           f"{x0.shape[0]} of shape {x0.shape[1:]} now; was the data changed?)")
+    if old_t.shape != times.shape or not np.array_equal(old_t, times):
+        raise SpectraError(f"cannot resume {path}: the time grid differs from the run's t "
+                           f"({len(old_t)} times in the file, {len(times)} now)")
+
+
+def _reopen_unfinished(path: Path) -> None:
+    """Clear `done` where a resumed file holds non-finite singular values (a damaged file), so
+    those Jacobians are computed again; says how many."""
+    with store.TrajectoryWriter(path) as writer, hdf5.damaged(path):
+        count = writer.reopen_nonfinite()
+    if count:
+        warnings.warn(f"{path}: {count} Jacobians marked done held non-finite values; computing them "
+                      "again", stacklevel=3)
 
 
 def estimate(
@@ -273,41 +341,61 @@ def estimate(
     overwrite: bool = False,
     progress: bool = True,
     command: str = "",
+    rendezvous_timeout: float = distributed.DEFAULT_RENDEZVOUS_TIMEOUT,
 ) -> Path:
     """Run (or resume) a trajectory estimate and return the path of the complete run file.
-    Under torchrun the anchors are shared out among the ranks (spectra.distributed)."""
+    Under torchrun the anchors are shared out among the ranks (spectra.distributed), whose
+    rendezvous waits at most `rendezvous_timeout` seconds. The process that writes RUN.h5 (rank
+    0) holds spectra's lock on it throughout (spectra.lock)."""
     out = Path(out)
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
     _validate(opts)
-    sweep = distributed.current()
-    error = None
-    if sweep.rank == 0:
-        try:
-            _settle_shards(out, opts, resume, overwrite)
-        except SpectraError as exc:
-            error = str(exc)
-    sweep.agree(error)
+    sweep = distributed.current(rendezvous_timeout)
+    with contextlib.ExitStack() as stack:
+        error = None
+        if sweep.rank == 0:
+            try:
+                outputs.check_folder(out)
+                stack.enter_context(locked(out))
+                _settle_shards(out, opts, resume, overwrite)
+            except SpectraError as exc:
+                error = str(exc)
+        sweep.agree(error)
+        _estimate_locked(out, opts, resume, overwrite, progress, command, sweep)
+    return out
+
+
+def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: bool, progress: bool,
+                     command: str, sweep: distributed.Sweep) -> None:
     exists = out.exists()
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     old_attrs = _check_resumable(out, opts) if exists and resume else None
     if old_attrs is not None and old_attrs.get("complete"):
-        return out
+        _, times, x0, fingerprints = _content(opts)
+        _check_content(out, old_attrs, fingerprints, x0, times)
+        return
     if exists and overwrite:
         store.open_checked(out).close()  # only ever replace a spectra run, never a foreign file
 
     setup, error = None, None
     try:
         setup = _setup(opts, old_attrs, sweep)
+        if old_attrs is not None:
+            _check_content(out, old_attrs, setup.fingerprints, setup.x0, setup.times)
+        elif sweep.rank == 0:
+            require_disk(out.parent, _file_bytes(setup, opts), f"the run file {out.name}")
     except SpectraError as exc:
         error = str(exc)
     sweep.agree(error)
     if sweep.rank == 0 and old_attrs is None:
         _create(out, opts, setup, command)
-    elif sweep.rank == 0 and setup.batch_size != int(old_attrs["batch_size"]):
-        with store.TrajectoryWriter(out) as writer:  # resumed with a new --batch-size
-            writer.set_attrs(batch_size=setup.batch_size)
+    elif sweep.rank == 0:
+        _reopen_unfinished(out)
+        if setup.batch_size != int(old_attrs["batch_size"]):
+            with store.TrajectoryWriter(out) as writer:  # resumed with a new --batch-size
+                writer.set_attrs(batch_size=setup.batch_size)
     sweep.barrier()
     target = out
     if sweep.world > 1:  # every rank takes rank 0's chunk size and path, then fills its shard
@@ -321,7 +409,7 @@ def estimate(
     n_chunks = -(-len(setup.x0) // _per_chunk(setup))
     if sweep.rank == 0 and n_chunks < sweep.world:
         warnings.warn(f"{n_chunks} anchor chunk(s) for {sweep.world} ranks: some ranks stay idle "
-                      "(a smaller --batch-size makes more chunks)", stacklevel=2)
+                      "(a smaller --batch-size makes more chunks)", stacklevel=3)
     _sweep(target, setup, opts, progress, sweep)
     sweep.barrier()
     if sweep.world > 1 and sweep.rank == 0:
@@ -329,7 +417,13 @@ def estimate(
             store.merge(out, part)
             part.unlink()
     sweep.barrier()
-    return out
+
+
+def _file_bytes(setup: _Setup, opts: EstimateOptions) -> int:
+    """The bytes of a new run file: its (N, T, K) and (N, T) datasets, x0 and saved points."""
+    n, nt = len(setup.x0), len(setup.times)
+    per_pair = 8 * (3 * setup.k + 5) + (8 * setup.dim if opts.save_points else 0)
+    return n * nt * per_pair + 8 * setup.x0.size
 
 
 @dataclass
@@ -348,35 +442,54 @@ class _Setup:
     step: str | float
     path: AutodiffPath
     tf32: dict[str, bool]
+    fingerprints: dict[str, str | None]
+    #: the model's output dtype where it is not the run's (a recorded conversion), else None
+    output_dtype: str | None = None
 
     @property
     def dim(self) -> int:
         return math.prod(self.x0.shape[1:])
 
 
-def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> _Setup:
+def _content(opts: EstimateOptions) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, str | None]]:
+    """What the values are computed from: the model (as loaded), the time grid, the anchors and
+    their fingerprints."""
     model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
     if opts.class_label is not None:
         model.condition(opts.class_label)
-    schedule = model.schedule
-    times = time_grid(schedule, opts)
+    digest = model_digest(model)  # before the model moves: its weights as loaded
+    times = time_grid(model.schedule, opts)
     x0 = anchors(model, opts)
+    return model, times, x0, _fingerprints(digest, x0, opts)
+
+
+def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> _Setup:
+    model, times, x0, fingerprints = _content(opts)
+    schedule = model.schedule
     dim = math.prod(x0.shape[1:])
     if opts.method == "topk" and opts.k > dim:
         raise SpectraError(f"--k {opts.k} exceeds D = {dim}")
     device = _device(opts.device, sweep)
     dtype = getattr(torch, opts.dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if opts.method != "topk" and device.type == "cpu":
+        require_memory((itemsize + 8 * _SPECTRA_COPIES) * dim * dim,
+                       f"a dense Jacobian at D = {dim} (--method {opts.method}; --method topk needs no "
+                       "dense Jacobian)")
     model.to(device, dtype)
     # an explicit --batch-size, else the recorded chunk layout (resume), else the default:
     # estimated for the preflight's forward passes, measured for the products on a GPU
     chosen = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None else None)
+    if chosen is not None and device.type == "cpu":
+        pairs = min(chosen, len(x0) * dim)
+        require_memory(2 * itemsize * dim * pairs, f"--batch-size {chosen} at D = {dim}")
     batch_size = chosen or default_batch_size(model, dim, dtype, device)
     alpha, sigma = schedule.alpha(times), schedule.sigma(times)
     tf32 = _disable_tf32()
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     if opts.compile and model.time_inputs(float(times[0]), x0_t) is None:
         raise SpectraError("--compile applies to network models; an analytic model is not compiled")
-    _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    output_dtype = _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
@@ -396,7 +509,8 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
                 f"{type(exc).__name__}: {first_line(exc)} (pass --batch-size to skip it)"
             ) from exc
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
-    return _Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32)
+    return _Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32,
+                  fingerprints, output_dtype)
 
 
 def _sweep(target: Path, setup: _Setup, opts: EstimateOptions, progress: bool,
@@ -481,6 +595,8 @@ def _create(out: Path, opts: EstimateOptions, setup: _Setup, command: str) -> No
         "torch_version": torch.__version__,
         "tf32": setup.tf32,
         "options": opts.to_dict(),
+        "fingerprints": setup.fingerprints,
+        "model_output_dtype": setup.output_dtype,
     }
     times = setup.times
     grid = {"t": times, "alpha": setup.alpha, "sigma": setup.sigma, "tau": model.schedule.tau(times)}
@@ -626,16 +742,25 @@ def _preflight(
     alpha: np.ndarray,
     sigma: np.ndarray,
     batch_size: int,
-) -> None:
+) -> str | None:
     """Evaluate the target at every (anchor, time) before any file is touched: a model that
-    fails, returns the wrong shape or NaN is refused with the time named, and no run file
-    (an existing one included) is changed. Costs N T forward evaluations (the Jacobians cost
-    N T D)."""
+    fails, returns the wrong shape, a dtype that is not floating point, or NaN is refused with the
+    time named, and no run file (an existing one included) is changed. Costs N T forward
+    evaluations (the Jacobians cost N T D). Returns the model's output dtype when it is not the
+    run's (a conversion, recorded in the file and warned of), else None."""
     for ti, t in enumerate(times):
         for start in range(0, len(x0), batch_size):
             idx = np.arange(start, min(start + batch_size, len(x0)))
             points = _points(x0[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
             evaluate_checked(model, points, float(t), opts.target, offset=start)
+    with torch.no_grad():
+        native = model.checked_predict(x0[:1] * float(alpha[0]), float(times[0])).dtype
+    if native == x0.dtype:
+        return None
+    name = str(native).removeprefix("torch.")
+    warnings.warn(f"the model returns {name} in a {opts.dtype} run: its values carry {name} rounding "
+                  "(recorded in the run as model_output_dtype)", stacklevel=4)
+    return name
 
 
 def _points(

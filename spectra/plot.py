@@ -15,15 +15,33 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from spectra.analysis import gap_widths, median_spectrum
+from spectra.errors import SpectraError
 
 FIGSIZE, DPI = (12.0, 6.0), 100
 PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:green"}
+
+
+#: the PNG text chunk matplotlib writes (Software: Matplotlib version...), which marks a figure
+#: spectra may replace
+_PNG_SIGNATURE, _SOFTWARE = b"\x89PNG\r\n\x1a\n", b"Software\x00Matplotlib"
 
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def check_own_figure(path: Path) -> None:
+    """Raise SpectraError unless `path` is a PNG written by matplotlib (as spectra's figures are):
+    a figure command never replaces someone else's image or file."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise SpectraError(exc.strerror or str(exc)) from None
+    if not head.startswith(_PNG_SIGNATURE) or _SOFTWARE not in head:
+        raise SpectraError("not a figure made by spectra")
 
 
 def _finish_tau_axes(fig: Figure, ax, path: Path, ylabel: str, title: str) -> Path:

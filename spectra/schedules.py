@@ -17,6 +17,7 @@ float64 numpy; arrays in, arrays out (a scalar in gives a 0-d array out).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ class Schedule:
                 f"(it takes {', '.join(allowed) or 'none'})"
             )
         full = {**allowed, **{k: float(v) for k, v in self.params.items()}}
+        _check_constants(self.name, full)
         object.__setattr__(self, "params", full)
         if self.name == "ddpm":
             self.params["n_steps"] = float(int(self.params["n_steps"]))
@@ -204,6 +206,31 @@ _DEFAULTS: dict[str, dict[str, float]] = {
     "edm": {"sigma_min": 0.002, "sigma_max": 80.0},
     "vp-sqrt": {},
 }
+
+
+#: the most ddpm steps a schedule may have (its table is held in memory)
+_MAX_STEPS = 10**7
+
+
+def _check_constants(name: str, p: dict[str, float]) -> None:
+    """Refuse constants that define no valid schedule (which would give silently wrong or NaN
+    alpha and sigma): finite values, 0 < sigma_min < sigma_max, 0 <= beta_min <= beta_max,
+    0 < beta_start <= beta_end < 1 and 2 <= n_steps <= 10^7."""
+    bad = [k for k, v in p.items() if not math.isfinite(v)]
+    if bad:
+        raise SpectraError(f"schedule {name!r}: {bad[0]} must be finite, got {p[bad[0]]}")
+    if "sigma_min" in p and not 0 < p["sigma_min"] < p["sigma_max"]:
+        raise SpectraError(f"schedule {name!r} needs 0 < sigma_min < sigma_max, got "
+                           f"{p['sigma_min']:g} and {p['sigma_max']:g}")
+    if "beta_min" in p and not 0 <= p["beta_min"] <= p["beta_max"]:
+        raise SpectraError(f"schedule {name!r} needs 0 <= beta_min <= beta_max, got "
+                           f"{p['beta_min']:g} and {p['beta_max']:g}")
+    if "beta_start" in p:
+        if not 0 < p["beta_start"] <= p["beta_end"] < 1:
+            raise SpectraError(f"schedule {name!r} needs 0 < beta_start <= beta_end < 1, got "
+                               f"{p['beta_start']:g} and {p['beta_end']:g}")
+        if not 2 <= p["n_steps"] <= _MAX_STEPS:
+            raise SpectraError(f"schedule {name!r} needs 2 <= n_steps <= {_MAX_STEPS}, got {p['n_steps']:g}")
 
 
 def _ddpm_abar(p: dict[str, float]) -> np.ndarray:

@@ -31,6 +31,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SpectraError(f"malformed model spec {path}: {exc}") from None
     except UnicodeDecodeError:
         raise SpectraError(f"malformed model spec {path}: not UTF-8 text") from None
+    except RecursionError:
+        raise SpectraError(f"malformed model spec {path}: nested too deeply") from None
 
 
 def take(table: dict[str, Any], key: str, kind: type | tuple, where: str, default: Any = ...):

@@ -20,7 +20,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spectra import hdf5
 from spectra.errors import SpectraError
+from spectra.outputs import clear_stale
 
 FORMAT = "spectra-trajectory"
 FORMAT_VERSION = 1
@@ -62,18 +64,75 @@ def check_format(f: h5py.File, path: str | Path) -> None:
         )
 
 
+#: root attributes every run file has, and those of them that hold a JSON table
+REQUIRED_ATTRS = ("complete", "target", "method_used", "options", "schedule", "k")
+JSON_ATTRS = ("options", "schedule", "model_config", "autodiff", "tolerances", "tf32", "fingerprints")
+#: the Python types of the scalar attributes readers rely on, once decoded
+ATTR_TYPES = {"complete": (bool, int), "k": int, "batch_size": int, "target": str, "method_used": str,
+              "seed": int, "dtype": str}
+
+
+def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
+    """Raise SpectraError unless f holds what the format promises, read from metadata alone:
+    the required attributes (JSON ones decoding to tables), the grid (T,), `x0` (N, *shape), the
+    value datasets (N, T, K) and (N, T) in floating point, a boolean `done` (N, T), and every
+    dataset inside the file itself (spectra.hdf5). Returns (N, T)."""
+    missing = [name for name in REQUIRED_ATTRS if name not in f.attrs]
+    if missing:
+        raise SpectraError(f"{path} is a damaged run file (missing attribute {missing[0]!r})")
+    for name, kind in ATTR_TYPES.items():
+        value = _decode(f.attrs[name]) if name in f.attrs else None
+        if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise SpectraError(f"{path} is a damaged run file (attribute {name!r} is {value!r})")
+    for name in JSON_ATTRS:
+        if name in f.attrs:
+            try:
+                table = json.loads(_decode(f.attrs[name]) or "{}")
+            except (TypeError, ValueError, UnicodeDecodeError):
+                raise SpectraError(f"{path} is a damaged run file (attribute {name!r} is not JSON)") from None
+            if not isinstance(table, dict):
+                raise SpectraError(f"{path} is a damaged run file (attribute {name!r} is not a table)")
+    for name in ("t", "x0"):
+        if f.get(name, getlink=True) is None:
+            raise SpectraError(f"{path} is a damaged run file (no dataset {name!r})")
+    t = hdf5.dataset(f, "t", path)
+    x0 = hdf5.dataset(f, "x0", path)
+    if t.ndim != 1 or x0.ndim < 2:
+        raise SpectraError(f"{path} is a damaged run file (t has shape {t.shape}, x0 {x0.shape})")
+    n, nt = x0.shape[0], t.shape[0]
+    k = None  # any number of values
+    required = {name: (nt,) for name in ("t", "alpha", "sigma", "tau")}
+    required.update({name: (n, nt, k) for name in VALUE_DATASETS[:2]})
+    required.update({name: (n, nt) for name in SCALAR_DATASETS + ("done",)})
+    optional = {name: (n, nt) for name in PRODUCT_DATASETS}
+    optional.update({"residuals": (n, nt, k), "points": (n, nt, *x0.shape[1:])})
+    present = {**required, **{name: want for name, want in optional.items() if name in f}}
+    for name, want in present.items():
+        if f.get(name, getlink=True) is None:
+            raise SpectraError(f"{path} is a damaged run file (no dataset {name!r})")
+        dset = hdf5.dataset(f, name, path)
+        kind = "b" if name == "done" else "f"
+        fits = len(dset.shape) == len(want) and all(
+            w is None or w == d for w, d in zip(want, dset.shape, strict=True))
+        if not fits or dset.dtype.kind != kind:
+            expected = tuple("K" if w is None else w for w in want)
+            raise SpectraError(f"{path} is a damaged run file ({name} has shape {dset.shape} and dtype "
+                               f"{dset.dtype}; expected {expected} of {'bool' if kind == 'b' else 'floats'})")
+    return n, nt
+
+
 def open_checked(path: str | Path, mode: str = "r") -> h5py.File:
-    """Open an existing trajectory file, validating it; one-line SpectraError otherwise."""
+    """Open an existing trajectory file, validating its format and structure; one-line
+    SpectraError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise SpectraError(f"run file not found: {path}")
+    f = hdf5.open_file(path, mode)
     try:
-        f = h5py.File(path, mode)
-    except OSError as exc:
-        raise SpectraError(f"cannot read {path} as HDF5: {exc}") from None
-    try:
-        check_format(f, path)
-    except SpectraError:
+        with hdf5.damaged(path):
+            check_format(f, path)
+            check_structure(f, path)
+    except BaseException:
         f.close()
         raise
     return f
@@ -86,6 +145,7 @@ def atomic_h5(path: str | Path, suffix: str = ".tmp") -> Iterator[h5py.File]:
     it was."""
     path = Path(path)
     tmp = path.with_name(path.name + suffix)
+    clear_stale(tmp)
     try:
         with h5py.File(tmp, "w") as f:
             yield f
@@ -125,12 +185,22 @@ def create(
         f.create_dataset("x0", data=np.asarray(x0, dtype=np.float64))
         names = VALUE_DATASETS if residuals else VALUE_DATASETS[:2]
         for name in names:
-            f.create_dataset(name, data=np.full((n, t, k), np.nan))
+            _allocated(f, name, (n, t, k), np.nan)
         for name in SCALAR_DATASETS + (PRODUCT_DATASETS if residuals else ()):
-            f.create_dataset(name, data=np.full((n, t), np.nan))
-        f.create_dataset("done", data=np.zeros((n, t), dtype=bool))
+            _allocated(f, name, (n, t), np.nan)
+        _allocated(f, "done", (n, t), False)
         if points_shape is not None:
-            f.create_dataset("points", data=np.full(points_shape, np.nan))
+            _allocated(f, "points", points_shape, np.nan)
+
+
+def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], fill: float | bool) -> None:
+    """A contiguous dataset filled with `fill` and given its disk space now, by HDF5 itself
+    (no array of its size in memory): a disk too small fails here, never mid-run."""
+    dtype = np.dtype(bool) if isinstance(fill, bool) else np.dtype(np.float64)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill, dcpl=dcpl)
 
 
 class TrajectoryWriter:
@@ -181,6 +251,18 @@ class TrajectoryWriter:
         self.file.flush()
         self.file["done"][rows, t_index] = True
         self.file.flush()
+
+    def reopen_nonfinite(self) -> int:
+        """Clear `done` where the singular values it certifies are not all finite (a damaged
+        file); returns how many (anchor, time) pairs are to be computed again."""
+        done = self.done
+        finite = np.isfinite(self.file["singular_values"][()]).all(axis=-1)
+        bad = done & ~finite
+        if bad.any():
+            self.file["done"][...] = done & ~bad
+            self.file.attrs["complete"] = False
+            self.file.flush()
+        return int(bad.sum())
 
     def finish(self) -> None:
         if self.done.all():
@@ -243,11 +325,7 @@ class Trajectory:
 
 def load(path: str | Path) -> Trajectory:
     """Read a trajectory file: every dataset (theory/ ones under 'theory/NAME') and attribute."""
-    with open_checked(path) as f:
+    with open_checked(path) as f, hdf5.damaged(path):
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
-        arrays: dict[str, np.ndarray] = {}
-        f.visititems(
-            lambda name, obj: arrays.__setitem__(name, obj[()])
-            if isinstance(obj, h5py.Dataset) else None
-        )
+        arrays = {name: hdf5.read(f, name, path) for name in hdf5.dataset_names(f)}
     return Trajectory(Path(path), attrs, arrays)

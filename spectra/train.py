@@ -20,11 +20,7 @@ theory.md 3.5). Adam; the exponential moving average of the weights (EMA) is wha
 Every random draw of step s comes from numpy's SeedSequence (seed, s), so training is
 deterministic on the CPU and a resumed run continues exactly as an uninterrupted one.
 
-The checkpoint (torch.save of plain containers; read with torch.load(weights_only=True)):
-`format = "spectra-checkpoint"`, `format_version`, `config` (JSON: data spec table, schedule,
-parameterization, network and training settings), `step`, `model`, `ema` and `optimizer` state
-dicts (a `--slim` final checkpoint has no `model` and `optimizer`), `losses` (mean loss per logged
-interval) and `train_points` (n_train x D, or absent).
+The checkpoint format (read as data only) is spectra.checkpoint's.
 """
 
 from __future__ import annotations
@@ -42,13 +38,15 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from spectra.errors import SpectraError, first_line
+from spectra.checkpoint import ANALYTIC_KINDS, config_of, data_spec, read_checkpoint, write_checkpoint
+from spectra.errors import SpectraError
+from spectra.limits import require_memory
+from spectra.lock import locked
 from spectra.models.base import ScoreModel
 from spectra.models.network import NetworkScoreModel
+from spectra.outputs import check_folder
 from spectra.schedules import Schedule
 
-FORMAT = "spectra-checkpoint"
-FORMAT_VERSION = 1
 _LOG_EVERY = 50
 
 
@@ -146,8 +144,25 @@ def _validate(opts: TrainOptions) -> None:
         raise SpectraError(f"--ema must be in [0, 1), got {opts.ema}")
     if not opts.lr > 0:
         raise SpectraError(f"--lr must be positive, got {opts.lr}")
-    if opts.seed < 0:
-        raise SpectraError(f"--seed must be non-negative, got {opts.seed}")
+    if not 0 <= opts.seed < 2**63:
+        raise SpectraError(f"--seed must be in [0, 2^63), got {opts.seed}")
+    if opts.checkpoint_every < 1:
+        raise SpectraError(f"--checkpoint-every must be at least 1, got {opts.checkpoint_every}")
+    if max(opts.steps, opts.width, opts.depth, opts.batch_size, opts.n_train or 0) >= 2**62:
+        raise SpectraError("--steps, --width, --depth, --batch-size and --n-train must be below 2^62")
+
+
+def _check_sizes(opts: TrainOptions, dim: int) -> None:
+    """Refuse a network or batch that cannot fit in memory: the weights (network, EMA, Adam's
+    two moments and the gradients: 5 float64 copies of the parameters), a batch's activations
+    (kept for the backward pass) and the training points."""
+    w, n_freq = opts.width, 16
+    params = 2 * n_freq * w + w * w + 2 * dim * w + 2 * opts.depth * w * w + (4 + 2 * opts.depth) * w
+    require_memory(5 * 8 * params, f"a network of --width {w} and --depth {opts.depth} at D = {dim}")
+    require_memory(4 * 8 * opts.batch_size * (w * (2 * opts.depth + 4) + 4 * dim),
+                   f"--batch-size {opts.batch_size} at --width {w}")
+    if opts.n_train is not None:
+        require_memory(8 * opts.n_train * dim, f"--n-train {opts.n_train} points of D = {dim}")
 
 
 def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
@@ -189,6 +204,7 @@ def build_config(opts: TrainOptions, out: Path) -> tuple[dict[str, Any], ScoreMo
     together (as the shipped demo does)."""
     _validate(opts)
     data, table = _data_model(opts)
+    _check_sizes(opts, int(data.shape[0]))
     schedule = _schedule(opts, table)
     points = None
     if opts.n_train is not None:
@@ -223,6 +239,14 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
     out = Path(out)
     if resume and overwrite:
         raise SpectraError("--resume and --overwrite conflict: choose one")
+    _validate(opts)
+    check_folder(out)
+    with locked(out):
+        return _train_locked(out, opts, resume, overwrite, progress, slim)
+
+
+def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, progress: bool,
+                  slim: bool) -> Path:
     exists = out.exists()
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
@@ -256,8 +280,6 @@ def train(out: str | Path, opts: TrainOptions, resume: bool = False, overwrite: 
         config = {**old, "options": config["options"]}
         if "train_points" in ck:
             points = ck["train_points"].numpy()
-    if out.parent and not out.parent.is_dir():
-        raise SpectraError(f"output folder does not exist: {out.parent}")
 
     schedule = Schedule.from_dict(config["schedule"])
     variance = config["data_variance"]
@@ -306,8 +328,6 @@ def _save(out: Path, config: dict, step: int, net: torch.nn.Module | None, ema: 
     """Write the checkpoint under a temporary name and rename it over `out` (never half-written);
     net and optimizer None: a slim checkpoint."""
     payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "config": json.dumps(config, sort_keys=True),
         "step": step,
         "ema": ema.state_dict(),
@@ -318,51 +338,29 @@ def _save(out: Path, config: dict, step: int, net: torch.nn.Module | None, ema: 
         payload["optimizer"] = optimizer.state_dict()
     if points is not None:
         payload["train_points"] = torch.as_tensor(points)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents, loaded with weights_only=True; one-line SpectraError for a
-    missing, corrupted or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpectraError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable, truncated, or holding objects weights_only refuses
-        first = first_line(exc) or type(exc).__name__
-        raise SpectraError(f"cannot read {path} as a spectra checkpoint: {first[:200]}") from None
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise SpectraError(f"{path} is not a spectra checkpoint (no format {FORMAT!r})")
-    if ck.get("format_version") != FORMAT_VERSION:
-        raise SpectraError(f"{path} has checkpoint format_version {ck.get('format_version')}; "
-                           f"this spectra reads version {FORMAT_VERSION}")
-    missing = [k for k in ("config", "step", "ema", "losses") if k not in ck]
-    if missing:
-        raise SpectraError(f"{path} is a damaged spectra checkpoint (missing {', '.join(missing)})")
-    return ck
+    write_checkpoint(out, payload)
 
 
 def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
-    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution."""
+    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution (an
+    inline analytic spec: spectra.checkpoint refuses any other)."""
     ck = read_checkpoint(path)
+    config = config_of(ck, path)
     try:
-        config = json.loads(ck["config"])
         net = ResidualMLP(config["dim"], config["network"]["width"], config["network"]["depth"])
         net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
+        schedule = Schedule.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
     from spectra.models.specs import model_from_table
 
-    data = model_from_table(config["data_spec"], Path(path).parent / config["data_spec_file"])
+    # the spec file's name (relative to the checkpoint) only names the data: its kinds read no file
+    named = config.get("data_spec_file")
+    if not isinstance(named, str) or "\0" in named:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (data_spec_file {named!r})")
+    data = model_from_table(data_spec(ck, path), Path(path).parent / named, kinds=ANALYTIC_KINDS)
     points = None
     if "train_points" in ck:
         points = ck["train_points"].numpy()
         config = {**config, "n_train_points": int(points.shape[0])}
-    return TrainedScoreModel(net, Schedule.from_dict(config["schedule"]), config, data, spec, points)
+    return TrainedScoreModel(net, schedule, config, data, spec, points)

@@ -88,6 +88,10 @@ class GaussianMixture(ScoreModel):
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights, "means": self.means, "bases": self.bases,
+                "eigenvalues": self.eigenvalues}
+
     # --- the math -----------------------------------------------------------------------------
     def _terms(self, x: torch.Tensor, t: float):
         """Per-component quantities at flat x (B, D): g (B,K,D), log-joint (B,K), c (K,R)."""

@@ -41,6 +41,11 @@ class ScoreModel(ABC):
         """JSON-serializable description stored in run files."""
         return {"kind": type(self).__name__}
 
+    def state(self) -> dict[str, np.ndarray | torch.Tensor]:
+        """Every array the model's values depend on, by name (fingerprinted on resume; see
+        spectra.fingerprint). Models described fully by `config()` return none."""
+        return {}
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
         """n samples (n, *shape) from the model's own data distribution, or None if unknown."""
         return None
@@ -58,7 +63,18 @@ class ScoreModel(ABC):
         """score | denoiser | eps at x (B, *shape), time t."""
         check_target(target)
         alpha, sigma = self.alpha_sigma(t)
-        return to_target(self.predict(x, t), x, alpha, sigma, self.parameterization, target)
+        return to_target(self.checked_predict(x, t), x, alpha, sigma, self.parameterization, target)
+
+    def checked_predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """predict(x, t), refused in one line unless it is a real floating-point tensor (an
+        integer or complex output would be rounded or cut silently by the conversions)."""
+        value = self.predict(x, t)
+        if not isinstance(value, torch.Tensor):
+            raise SpectraError(f"the model returned {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise SpectraError(f"the model returned dtype {str(value.dtype).removeprefix('torch.')} "
+                               f"at t={t:g}; spectra needs real floating-point predictions")
+        return value
 
     def time_inputs(self, t: float, like: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """Tensors (on the device of `like`) through which `target_from` sees the time t, so

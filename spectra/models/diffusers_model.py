@@ -99,6 +99,26 @@ def _locate(root: Path) -> tuple[Path, Path]:
     raise SpectraError(f"{root} holds no scheduler_config.json (nor scheduler/scheduler_config.json)")
 
 
+def _diffusers_class(diffusers, config: dict[str, Any], base: type, folder: Path) -> type:
+    """The diffusers class a config's `_class_name` names, which must be a model (ModelMixin) or
+    scheduler (SchedulerMixin) class of diffusers itself: a config file chooses among diffusers'
+    own loaders of weights, never a pipeline or any other callable."""
+    name = str(config["_class_name"])
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise SpectraError(f"diffusers {diffusers.__version__} has no class {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise SpectraError(f"{folder}: _class_name {name!r} is not a diffusers {base.__name__} class")
+    return cls
+
+
+def _safetensors_only() -> bool | None:
+    """True (refuse pickled .bin weights) where torch.load would unpickle code: torch before
+    2.6 defaults to weights_only=False, and old diffusers versions do not ask for it."""
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return True if (major, minor) < (2, 6) else None
+
+
 def load_diffusers(folder: str, spec: str, parameterization: str | None = None) -> DiffusersScoreModel:
     """The ScoreModel of a diffusers FOLDER (see module docstring); `parameterization` overrides
     the scheduler's prediction_type."""
@@ -111,14 +131,12 @@ def load_diffusers(folder: str, spec: str, parameterization: str | None = None) 
     model_dir, sched_dir = _locate(Path(folder))
     model_cfg = _read_json(model_dir / "config.json")
     sched_cfg = _read_json(sched_dir / "scheduler_config.json")
-    model_cls = getattr(diffusers, str(model_cfg["_class_name"]), None)
-    sched_cls = getattr(diffusers, str(sched_cfg["_class_name"]), None)
-    if model_cls is None or sched_cls is None:
-        missing = model_cfg["_class_name"] if model_cls is None else sched_cfg["_class_name"]
-        raise SpectraError(f"diffusers {diffusers.__version__} has no class {missing!r}")
+    model_cls = _diffusers_class(diffusers, model_cfg, diffusers.ModelMixin, model_dir)
+    sched_cls = _diffusers_class(diffusers, sched_cfg, diffusers.SchedulerMixin, sched_dir)
     try:
         with _quiet():  # no advice about optional packages
-            module = model_cls.from_pretrained(model_dir, local_files_only=True)
+            module = model_cls.from_pretrained(model_dir, local_files_only=True,
+                                               use_safetensors=_safetensors_only())
             scheduler = sched_cls.from_config(sched_cfg)
     except Exception as exc:  # third-party loading: any failure is a bad model folder
         raise SpectraError(f"cannot load {folder}: {type(exc).__name__}: {first_line(exc)}") from None

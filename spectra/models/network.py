@@ -81,6 +81,10 @@ class NetworkScoreModel(ScoreModel):
             **({"class_label": self.class_label} if self.class_label is not None else {}),
         }
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The module's parameters and buffers (its state_dict)."""
+        return dict(self.module.state_dict())
+
     def n_classes(self) -> int:
         """Classes of a class-conditional module: EDM's `label_dim` (0: unconditional)."""
         dim = getattr(self.module, "label_dim", 0)

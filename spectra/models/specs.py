@@ -47,6 +47,9 @@ from spectra.schedules import Schedule
 from spectra.spec_toml import check_keys, manifold_from_table, read_toml, take, variances_of
 from spectra.theory.manifold import eigen_factor, random_orthonormal
 
+#: the kinds of a TOML model spec
+SPEC_KINDS = ("gaussian", "empirical", "gmm", "network")
+
 
 def demo_spec() -> str:
     """Path of the shipped demo model: a `spectra train` network (data/demo.pt)."""
@@ -98,11 +101,18 @@ def _from_toml(
 
 def model_from_table(
     table: dict[str, Any], path: Path, schedule: str | None = None,
-    parameterization: str | None = None, shape=None,
+    parameterization: str | None = None, shape=None, kinds: tuple[str, ...] = SPEC_KINDS,
 ) -> ScoreModel:
-    """The model of a parsed TOML spec; `path` names it in errors and anchors relative paths."""
+    """The model of a parsed TOML spec; `path` names it in errors and anchors relative paths.
+    Only `kinds` are accepted: a table read from a file other than the one the user named (a
+    checkpoint's data spec) passes the inline analytic kinds alone, so it can name no code or
+    path."""
     where = str(path)
     kind = take(table, "kind", str, where)
+    if kind not in SPEC_KINDS:
+        raise SpectraError(f"{where}: unknown kind {kind!r} (expected {', '.join(SPEC_KINDS)})")
+    if kind not in kinds:
+        raise SpectraError(f"{where}: kind {kind!r} is not allowed here (only {', '.join(kinds)})")
     sched_table = take(table, "schedule", dict, where, {"name": "ve"})
     sched = Schedule.from_dict(sched_table)
     config = {"spec_file": str(path.resolve()), **table}
@@ -141,9 +151,7 @@ def model_from_table(
             schedule_obj=sched if schedule is None and own else None,
             interface=interface,
         )
-    raise SpectraError(
-        f"{where}: unknown kind {kind!r} (expected gaussian, empirical, gmm or network)"
-    )
+    raise AssertionError(f"spec kind {kind!r} has no reader")
 
 
 def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> GaussianMixture:

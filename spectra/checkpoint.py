@@ -1,0 +1,89 @@
+"""The `spectra train` checkpoint format: written atomically, read as data only.
+
+A checkpoint is torch.save of plain containers, read with torch.load(weights_only=True), so loading
+one never unpickles code: `format = "spectra-checkpoint"`, `format_version`, `config` (JSON: data
+spec table, schedule, parameterization, network and training settings), `step`, `model`, `ema` and
+`optimizer` state dicts (a `--slim` checkpoint has no `model` and `optimizer`), `losses` (mean loss
+per logged interval) and `train_points` (n_train x D, or absent).
+
+The data spec inside a checkpoint is data as well: it may only be an analytic kind whose values are
+inline (`gaussian`, `gmm`; `ANALYTIC_KINDS`). A spec that names a factory or a file (`network`,
+`empirical`) is refused when the checkpoint is read, since only a spec the user types may name
+code or paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spectra.errors import SpectraError, first_line
+
+FORMAT = "spectra-checkpoint"
+FORMAT_VERSION = 1
+#: data spec kinds a checkpoint may carry: every value inline, no path, no code
+ANALYTIC_KINDS = ("gaussian", "gmm")
+
+
+def write_checkpoint(out: Path, payload: dict[str, Any]) -> None:
+    """torch.save the payload (format keys added) under a temporary name and rename it over
+    `out`, so a checkpoint is never half-written."""
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded with weights_only=True; one-line SpectraError for a
+    missing, corrupted or foreign file, or one whose data spec is not inline analytic data."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectraError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable, truncated, or holding objects weights_only refuses
+        first = first_line(exc) or type(exc).__name__
+        raise SpectraError(f"cannot read {path} as a spectra checkpoint: {first[:200]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise SpectraError(f"{path} is not a spectra checkpoint (no format {FORMAT!r})")
+    if ck.get("format_version") != FORMAT_VERSION:
+        raise SpectraError(f"{path} has checkpoint format_version {ck.get('format_version')}; "
+                           f"this spectra reads version {FORMAT_VERSION}")
+    missing = [k for k in ("config", "step", "ema", "losses") if k not in ck]
+    if missing:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (missing {', '.join(missing)})")
+    data_spec(ck, path)
+    return ck
+
+
+def config_of(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The decoded `config` of a checkpoint read by read_checkpoint."""
+    try:
+        config = json.loads(ck["config"])
+    except (TypeError, ValueError):
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (config is not JSON)") from None
+    if not isinstance(config, dict):
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (config is not a table)")
+    return config
+
+
+def data_spec(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The checkpoint's data spec table, refused unless it is an inline analytic kind."""
+    table = config_of(ck, path).get("data_spec")
+    if not isinstance(table, dict):
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (no data_spec table)")
+    kind = table.get("kind")
+    if kind not in ANALYTIC_KINDS:
+        raise SpectraError(
+            f"{path}: its data spec has kind {kind!r}; a checkpoint may carry only inline analytic "
+            f"data ({', '.join(ANALYTIC_KINDS)}), never a factory or a file path"
+        )
+    return table

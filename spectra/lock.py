@@ -1,0 +1,98 @@
+"""An exclusive lock of spectra's own on a file it writes, that holds where HDF5's does not.
+
+HDF5 locks a file with flock(), and users of cluster file systems turn that off
+(`HDF5_USE_FILE_LOCKING=FALSE`); then nothing stops `compare-theory` from renaming its copy over a
+run that `estimate` is still filling. So every spectra command that writes a file first creates
+`FILE.lock` with O_CREAT | O_EXCL, an atomic create on local disks, NFS (v3 and later) and Lustre
+alike, holding the owner's host, pid and command as JSON, and removes it when done. A second
+process finds the lock and stops with one line naming the owner. A lock whose owner is gone (same
+host, pid not running) is stale and taken over; one from another host is left for the user to
+judge, since its process cannot be seen from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from spectra.errors import SpectraError
+
+SUFFIX = ".lock"
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of `path`: PATH.lock beside it."""
+    path = Path(path)
+    return path.with_name(path.name + SUFFIX)
+
+
+def _holder(lock: Path) -> dict[str, Any] | None:
+    """The lock's owner as recorded, or None when the file is gone or unreadable."""
+    try:
+        data = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a number we cannot judge): assume it runs
+    return True
+
+
+def _stale(holder: dict[str, Any] | None, lock: Path) -> bool:
+    """Whether a lock can be taken over: its owner ran on this host and is gone, or the file
+    holds no owner and is older than a minute (a process killed between create and write)."""
+    if holder is None:
+        try:
+            age = datetime.datetime.now().timestamp() - lock.stat().st_mtime
+        except OSError:
+            return True
+        return age > 60
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
+def _create(lock: Path) -> bool:
+    """Create the lock file exclusively with this process as owner; False if it exists."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(sys.argv),
+             "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(owner))
+    return True
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold spectra's lock on `path` for the block; SpectraError if another process holds it."""
+    lock = lock_path(path)
+    if not _create(lock):
+        holder = _holder(lock)
+        if not _stale(holder, lock):
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}: "
+                   f"{holder.get('command')}") if holder else "an unknown process"
+            raise SpectraError(f"{path} is in use by another spectra process ({who}); wait for it, "
+                               f"or remove {lock} if that process is gone")
+        lock.unlink(missing_ok=True)
+        if not _create(lock):
+            raise SpectraError(f"{path} is in use by another spectra process (it took {lock} just now)")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

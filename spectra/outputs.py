@@ -1,0 +1,83 @@
+"""Where a command writes: the folder must take the file, and only spectra's own kind of file
+is ever replaced.
+
+Every writer puts a file under a temporary name beside the output (`NAME.tmp`, `NAME.theory.tmp`)
+and renames it into place, holding spectra's lock (spectra.lock) on the output meanwhile, so a
+temporary file found there belongs to a process that died: it is removed, or named in one line
+when it is not a file at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from spectra.errors import SpectraError
+from spectra.lock import SUFFIX
+
+#: the longest suffix a writer adds to an output's name (compare-theory's temporary copy)
+_LONGEST_SUFFIX = ".theory.tmp"
+
+
+def check_folder(path: str | Path) -> Path:
+    """The output path, once its folder exists, is a folder and can take a file of this name
+    and of its temporary and lock names; one-line SpectraError otherwise."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise SpectraError(f"output folder does not exist: {folder}")
+    if not folder.is_dir():
+        raise SpectraError(f"output folder is not a folder: {folder}")
+    if path.is_dir():
+        raise SpectraError(f"output {path} is a folder, not a file")
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    longest = len(path.name.encode()) + max(len(_LONGEST_SUFFIX), len(SUFFIX))
+    if longest > name_max:
+        raise SpectraError(f"output name too long: {path.name[:40]}... ({len(path.name.encode())} "
+                           f"bytes; this file system takes {name_max - len(_LONGEST_SUFFIX)})")
+    probe = folder / f".spectra-write-test-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise SpectraError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    return path
+
+
+def clear_stale(tmp: Path) -> None:
+    """Remove a temporary file left by a writer that died; refuse anything else in its place.
+    Called with the output's lock held, so no live spectra process owns `tmp`."""
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_file()):
+        raise SpectraError(f"{tmp} is in the way of spectra's temporary file: remove it")
+    tmp.unlink(missing_ok=True)
+
+
+def check_replaceable(path: str | Path, is_own: Callable[[Path], None], kind: str) -> None:
+    """Refuse (one line) to replace `path` unless `is_own(path)` accepts it as spectra's `kind`
+    of file: `is_own` raises SpectraError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        is_own(path)
+    except SpectraError as exc:
+        raise SpectraError(f"refusing to replace {path}: it is not a {kind} ({exc})") from None
+
+
+def json_of_format(fmt: str) -> Callable[[Path], None]:
+    """An `is_own` check for a JSON file whose top-level `format` is `fmt`."""
+
+    def check(path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise SpectraError("not JSON") from None
+        if not isinstance(data, dict) or data.get("format") != fmt:
+            raise SpectraError(f"no format {fmt!r}")
+
+    return check
