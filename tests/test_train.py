@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from spectra_cli.main import cli
 
 import spectra
-from spectra.train import ResidualMLP, TrainOptions, load_trained, read_checkpoint, train
+from spectra.checkpoint import read_checkpoint
+from spectra.train import ResidualMLP, TrainOptions, load_trained, train
 
 TINY = """kind = "gaussian"
 ambient_dim = 8

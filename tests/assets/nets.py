@@ -84,3 +84,51 @@ def raises():
 
 def not_a_model():
     return 42
+
+
+class Sleepy(TinyNet):
+    """TinyNet that sleeps SPECTRA_TEST_SLEEP seconds per call (a run that takes a while)."""
+
+    def forward(self, x, t):
+        import time
+
+        time.sleep(float(os.environ.get("SPECTRA_TEST_SLEEP", "0")))
+        return super().forward(x, t)
+
+
+def sleepy():
+    return Sleepy()
+
+
+def exits():
+    """A factory that ends the process as a careless script would."""
+    raise SystemExit(3)
+
+
+class ExitsInForward(TinyNet):
+    def forward(self, x, t):
+        raise SystemExit(0)
+
+
+def exits_in_forward():
+    return ExitsInForward()
+
+
+class IntegerOutput(TinyNet):
+    def forward(self, x, t):
+        return super().forward(x, t).round().long()
+
+
+def integer_output():
+    return IntegerOutput()
+
+
+class HalfOutput(TinyNet):
+    """Returns its prediction in float16, whatever the input's dtype."""
+
+    def forward(self, x, t):
+        return super().forward(x, t).half()
+
+
+def half_output():
+    return HalfOutput()
