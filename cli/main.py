@@ -49,6 +49,10 @@ class SpectraGroup(click.Group):
                   "--batch-size)")
         except SystemExit as exc:  # user code (a model or factory) called sys.exit
             _fail(f"user code called sys.exit({exc.code!r}) inside spectra")
+        except Exception:
+            raise  # a bug of spectra's own: its traceback is wanted
+        except BaseException as exc:  # user code raised an exception outside Exception
+            _fail(f"user code raised {type(exc).__name__}: {first_line(exc)}")
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

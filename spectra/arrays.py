@@ -11,6 +11,7 @@ the file (spectra.hdf5).
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def load_array(path: str | Path) -> np.ndarray:
         arr = np.asarray(readers[suffix](path))
     except SpectraError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError, MemoryError) as exc:  # every way a damaged archive or array can fail
         raise SpectraError(f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
     if arr.ndim < 2 or arr.shape[0] == 0:
         raise SpectraError(f"{path}: expected samples of shape (N, *shape), got {arr.shape}")
@@ -112,4 +114,4 @@ def _train_points(path: Path) -> np.ndarray:
     if "train_points" not in ck:
         raise SpectraError(f"{path} was trained on fresh samples: it stores no training points "
                            "(train with --n-train N)")
-    return ck["train_points"].numpy()
+    return ck["train_points"].detach().numpy()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from spectra.errors import SpectraError, first_line
+from spectra.outputs import clear_stale
 
 FORMAT = "spectra-checkpoint"
 FORMAT_VERSION = 1
@@ -33,6 +34,7 @@ def write_checkpoint(out: Path, payload: dict[str, Any]) -> None:
     """torch.save the payload (format keys added) under a temporary name and rename it over
     `out`, so a checkpoint is never half-written."""
     tmp = out.with_name(out.name + ".tmp")
+    clear_stale(tmp)
     try:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
         os.replace(tmp, out)
@@ -61,6 +63,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise SpectraError(f"{path} is a damaged spectra checkpoint (missing {', '.join(missing)})")
     data_spec(ck, path)
+    points = ck.get("train_points")
+    if points is not None and not (isinstance(points, torch.Tensor) and points.ndim == 2
+                                   and points.dtype in (torch.float32, torch.float64)):
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (train_points is not a float "
+                           "matrix)")
     return ck
 
 

@@ -286,6 +286,8 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
         raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
     check_replaceable(out, _own_theory_file, "spectra theory file")
     theory = LinearTheory.from_manifold(load_manifold(manifold))
+    require_memory(4 * 8 * n_tau * (theory.ambient_dim + n_grid),
+                   f"--n-tau {n_tau} predictions at D = {theory.ambient_dim}")
     tau = np.geomspace(tau_min, tau_max, n_tau)
     grid = density_grid(n_grid)
     with locked(out), store.atomic_h5(out) as f:

@@ -18,10 +18,15 @@ torchrun it is a one-rank sweep and nothing here communicates. The protocol (spe
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch.distributed as dist
 
@@ -98,14 +103,38 @@ def current(timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT) -> Sweep:
     if not timeout > 0:
         raise SpectraError(f"--rendezvous-timeout must be positive, got {timeout}")
     if not dist.is_initialized():
-        try:  # gloo even with CUDA: only small objects and barriers cross ranks
-            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
-            global _sweep_group
-            _sweep_group = dist.new_group(backend="gloo", timeout=_SWEEP_TIMEOUT)
-        except Exception as exc:  # a broken launch environment, or a peer that never came
-            raise SpectraError(f"cannot join the torchrun process group of {world} ranks within "
-                               f"{timeout:g} s (--rendezvous-timeout): {first_line(exc)}") from None
+        with tempfile.TemporaryFile("w+") as log:
+            try:  # gloo even with CUDA: only small objects and barriers cross ranks
+                with _stderr_into(log):  # c10d logs each retry: dozens of lines for one failure
+                    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+                    global _sweep_group
+                    _sweep_group = dist.new_group(backend="gloo", timeout=_SWEEP_TIMEOUT)
+            except Exception as exc:  # a broken launch environment, or a peer that never came
+                raise SpectraError(f"cannot join the torchrun process group of {world} ranks within "
+                                   f"{timeout:g} s (--rendezvous-timeout): {first_line(exc)}") from None
+            log.seek(0)
+            sys.stderr.write(log.read())  # a successful join keeps what it said
     return Sweep(rank, world, local)
+
+
+@contextlib.contextmanager
+def _stderr_into(log: IO[str]) -> Iterator[None]:
+    """Send this process's standard error (the file descriptor, where torch's C++ logs go) into
+    `log` for the block; a no-op where stderr has no descriptor."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    os.dup2(log.fileno(), fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 #: the group of the final barrier, where ranks wait for the slowest one's chunks

@@ -32,6 +32,7 @@ from spectra.fingerprint import array_digest, file_digest, model_digest
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
     COMPILABLE,
+    ENGINES,
     METHODS,
     PRODUCTS,
     AutodiffPath,
@@ -43,6 +44,7 @@ from spectra.jacobian.methods import (
     topk_at,
 )
 from spectra.jacobian.operators import CompileFallbackWarning
+from spectra.jacobian.safety import CONTEXTS
 from spectra.limits import require_disk, require_memory
 from spectra.lock import locked
 from spectra.models.base import ScoreModel
@@ -62,6 +64,9 @@ _LATER_OPTIONS = {"compile": False}
 #: the time grid), not by spelling; the chunk size changes no value at all
 _CONTENT_OPTIONS = ("model", "data", "n_samples", "times", "n_times", "t_min", "t_max", "schedule",
                     "parameterization", "shape", "batch_size")
+#: relative tolerance of the resume probe per dtype: rounding from other threads or devices
+#: passes, another model does not
+_PROBE_RTOL = {"float32": 1e-4, "float64": 1e-9}
 #: the largest integer an option may take (run files store them as int64)
 _MAX_INT = 2**62
 
@@ -266,7 +271,8 @@ def _validate(opts: EstimateOptions) -> None:
                            f"{', '.join(COMPILABLE)}, not {opts.method}")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    parse_step(opts.step)
+    if parse_step(opts.step) != "auto" and opts.method in ("jvp", "vjp", "topk"):
+        raise SpectraError(f"--step applies to finite differences, not --method {opts.method}")
 
 
 def _attrs(path: Path) -> dict[str, Any]:
@@ -278,8 +284,17 @@ def _attrs(path: Path) -> dict[str, Any]:
 def _recorded_path(attrs: dict[str, Any]) -> AutodiffPath:
     """The autodiff path a run recorded (files from before the `autodiff` attribute: the plain
     torch.func path of `method_used`)."""
-    recorded = attrs.get("autodiff")
-    return AutodiffPath.from_dict(json.loads(recorded)) if recorded else AutodiffPath(attrs["method_used"])
+    recorded = attrs.get("autodiff") or None
+    try:
+        path = (AutodiffPath.from_dict(json.loads(recorded)) if recorded
+                else AutodiffPath(attrs["method_used"]))
+    except (KeyError, TypeError, ValueError):
+        path = None
+    if path is None or path.method not in PRODUCTS or path.context not in CONTEXTS \
+            or path.engine not in ENGINES:
+        shown = recorded or attrs.get("method_used")
+        raise SpectraError(f"the run file's autodiff path is damaged ({shown!r})")
+    return path
 
 
 def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
@@ -296,7 +311,7 @@ def _check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
     return attrs
 
 
-def _fingerprints(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[str, str | None]:
+def _fingerprints(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[str, Any]:
     """What the run is computed from, by content (spectra.fingerprint): the model's digest,
     the anchors' and the data file's."""
     data_file = opts.data is not None and opts.data != "noise"
@@ -304,15 +319,11 @@ def _fingerprints(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[str
             "data": file_digest(opts.data) if data_file else None}
 
 
-def _check_content(path: Path, old_attrs: dict[str, Any], fingerprints: dict[str, str | None],
+def _check_content(path: Path, old_attrs: dict[str, Any], fingerprints: dict[str, Any],
                    x0: np.ndarray, times: np.ndarray) -> None:
-    """Refuse a resume that would mix two computations in one file: another model (by its
-    fingerprint, where the file records one), other anchors or another time grid than the
-    file's; and a file whose `done` entries do not fit it."""
-    recorded = json.loads(old_attrs.get("fingerprints") or "{}")
-    if recorded.get("model") not in (None, fingerprints["model"]):
-        raise SpectraError(f"cannot resume {path}: the model differs from the one the run was "
-                           "started with (its weights or description changed)")
+    """Refuse a resume that would mix two computations in one file: other anchors or another
+    time grid than the file's, or another model: by its fingerprint, and by its values at the
+    first anchor (`probe`), where the file records them."""
     with store.open_checked(path) as f:
         old_x0, old_t = hdf5.read(f, "x0", path), hdf5.read(f, "t", path)
     if old_x0.shape != x0.shape or not np.array_equal(old_x0, x0):
@@ -322,6 +333,17 @@ def _check_content(path: Path, old_attrs: dict[str, Any], fingerprints: dict[str
     if old_t.shape != times.shape or not np.array_equal(old_t, times):
         raise SpectraError(f"cannot resume {path}: the time grid differs from the run's t "
                            f"({len(old_t)} times in the file, {len(times)} now)")
+    recorded = json.loads(old_attrs.get("fingerprints") or "{}")
+    if recorded.get("model") not in (None, fingerprints["model"]):
+        raise SpectraError(f"cannot resume {path}: the model differs from the one the run was "
+                           "started with (its weights or description changed)")
+    old_probe, new_probe = recorded.get("probe"), fingerprints.get("probe")
+    if old_probe is not None and new_probe is not None:
+        rtol = _PROBE_RTOL.get(old_attrs.get("dtype"), _PROBE_RTOL["float32"])
+        same = len(old_probe) == len(new_probe) and np.allclose(old_probe, new_probe, rtol=rtol, atol=0)
+        if not same:
+            raise SpectraError(f"cannot resume {path}: the model's values differ from the run's at the "
+                               "first anchor (the model changed)")
 
 
 def _reopen_unfinished(path: Path) -> None:
@@ -393,7 +415,7 @@ def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: 
         _create(out, opts, setup, command)
     elif sweep.rank == 0:
         _reopen_unfinished(out)
-        if setup.batch_size != int(old_attrs["batch_size"]):
+        if setup.batch_size != old_attrs.get("batch_size"):
             with store.TrajectoryWriter(out) as writer:  # resumed with a new --batch-size
                 writer.set_attrs(batch_size=setup.batch_size)
     sweep.barrier()
@@ -403,6 +425,7 @@ def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: 
         setup.batch_size, setup.path = int(attrs["batch_size"]), _recorded_path(attrs)
         target = sweep.shard(out)
         partial = target.with_name(target.name + ".tmp")
+        outputs.clear_stale(partial)
         shutil.copyfile(out, partial)
         os.replace(partial, target)
     progress = progress and sweep.rank == 0
@@ -442,7 +465,7 @@ class _Setup:
     step: str | float
     path: AutodiffPath
     tf32: dict[str, bool]
-    fingerprints: dict[str, str | None]
+    fingerprints: dict[str, Any]
     #: the model's output dtype where it is not the run's (a recorded conversion), else None
     output_dtype: str | None = None
 
@@ -451,7 +474,7 @@ class _Setup:
         return math.prod(self.x0.shape[1:])
 
 
-def _content(opts: EstimateOptions) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, str | None]]:
+def _content(opts: EstimateOptions) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, Any]]:
     """What the values are computed from: the model (as loaded), the time grid, the anchors and
     their fingerprints."""
     model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
@@ -479,7 +502,7 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     model.to(device, dtype)
     # an explicit --batch-size, else the recorded chunk layout (resume), else the default:
     # estimated for the preflight's forward passes, measured for the products on a GPU
-    chosen = opts.batch_size or (int(old_attrs["batch_size"]) if old_attrs is not None else None)
+    chosen = opts.batch_size or (old_attrs.get("batch_size") if old_attrs is not None else None)
     if chosen is not None and device.type == "cpu":
         pairs = min(chosen, len(x0) * dim)
         require_memory(2 * itemsize * dim * pairs, f"--batch-size {chosen} at D = {dim}")
@@ -489,7 +512,8 @@ def _setup(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distr
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     if opts.compile and model.time_inputs(float(times[0]), x0_t) is None:
         raise SpectraError("--compile applies to network models; an analytic model is not compiled")
-    output_dtype = _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    probe, output_dtype = _preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    fingerprints = {**fingerprints, "probe": probe}
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
@@ -742,25 +766,30 @@ def _preflight(
     alpha: np.ndarray,
     sigma: np.ndarray,
     batch_size: int,
-) -> str | None:
+) -> tuple[list[float], str | None]:
     """Evaluate the target at every (anchor, time) before any file is touched: a model that
     fails, returns the wrong shape, a dtype that is not floating point, or NaN is refused with the
     time named, and no run file (an existing one included) is changed. Costs N T forward
-    evaluations (the Jacobians cost N T D). Returns the model's output dtype when it is not the
-    run's (a conversion, recorded in the file and warned of), else None."""
+    evaluations (the Jacobians cost N T D). Returns the norm of the target at the first anchor
+    at each time (the `probe` a resume compares: what the model does, whatever its code holds)
+    and the model's output dtype when it is not the run's (a conversion, recorded in the file and
+    warned of), else None."""
+    probe = []
     for ti, t in enumerate(times):
         for start in range(0, len(x0), batch_size):
             idx = np.arange(start, min(start + batch_size, len(x0)))
             points = _points(x0[idx], opts, float(alpha[ti]), float(sigma[ti]), idx, ti)
-            evaluate_checked(model, points, float(t), opts.target, offset=start)
+            value = evaluate_checked(model, points, float(t), opts.target, offset=start)
+            if start == 0:
+                probe.append(float(torch.linalg.vector_norm(value[0].double())))
     with torch.no_grad():
         native = model.checked_predict(x0[:1] * float(alpha[0]), float(times[0])).dtype
     if native == x0.dtype:
-        return None
+        return probe, None
     name = str(native).removeprefix("torch.")
     warnings.warn(f"the model returns {name} in a {opts.dtype} run: its values carry {name} rounding "
                   "(recorded in the run as model_output_dtype)", stacklevel=4)
-    return name
+    return probe, name
 
 
 def _points(

@@ -2,9 +2,13 @@
 
 A resume must continue the same computation, whatever path names the model or data now. The run
 file records (attribute `fingerprints`, JSON) SHA-256 digests of
-* `model`: the model's description (`ScoreModel.config()` less the keys that only say where it was
-  found) and every array its values depend on (`ScoreModel.state()`: a network's weights and
+* `model`: what the model is (`ScoreModel.identity()`: class, schedule, parameterization, shape,
+  factory name and calling convention, none of which depends on paths or on how a spec was
+  spelled) and every array its values depend on (`ScoreModel.state()`: a network's weights and
   buffers, a mixture's weights, means, bases and eigenvalues), at the precision they were loaded in;
+* `probe`: the norm of the model's target at the first anchor at each time (written by
+  spectra.estimate after its preflight): a model whose code holds weights that `state()` cannot
+  see still changes these;
 * `anchors`: the anchors x0 as float64 (the stored `x0` itself is compared on resume too);
 * `data`: the bytes of the data file the anchors came from, when they came from a file
   (provenance: the anchors, not the rest of the file, decide whether a resume may go on).
@@ -22,9 +26,6 @@ import torch
 
 from spectra.models.base import ScoreModel
 
-#: config keys that say where a model was found, not what it is
-_LOCATION_KEYS = frozenset({"spec_file", "folder"})
-
 
 def _update_array(h: Any, name: str, value: np.ndarray | torch.Tensor) -> None:
     arr = value.detach().cpu().contiguous().numpy() if isinstance(value, torch.Tensor) else value
@@ -41,9 +42,8 @@ def array_digest(arr: np.ndarray) -> str:
 
 
 def model_digest(model: ScoreModel) -> str:
-    """SHA-256 of the model's location-free description and its state arrays, in name order."""
-    config = {k: v for k, v in model.config().items() if k not in _LOCATION_KEYS}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    """SHA-256 of the model's identity and its state arrays, in name order."""
+    h = hashlib.sha256(json.dumps(model.identity(), sort_keys=True, default=str).encode())
     for name, value in sorted(model.state().items()):
         _update_array(h, name, value)
     return h.hexdigest()

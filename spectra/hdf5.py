@@ -41,8 +41,8 @@ def damaged(path: str | Path) -> Iterator[None]:
 
 
 def dataset(f: h5py.File, name: str, path: str | Path) -> h5py.Dataset:
-    """The dataset `name` of f, which must live inside f: SpectraError for a missing name, an
-    external link on its way, external raw storage, a virtual dataset or a group."""
+    """The dataset `name` of f, which must live inside f: SpectraError for a missing name, a
+    soft or external link on its way, external raw storage, a virtual dataset or a group."""
     parts = name.strip("/").split("/")
     node: h5py.Group = f
     for i, part in enumerate(parts):
@@ -53,6 +53,9 @@ def dataset(f: h5py.File, name: str, path: str | Path) -> h5py.Dataset:
         if isinstance(link, h5py.ExternalLink):
             raise SpectraError(f"{path}: {where!r} is a link into another file ({link.filename}); "
                                "spectra reads data only from the file it is given")
+        if not isinstance(link, h5py.HardLink):  # a soft link may lead on to an external one
+            raise SpectraError(f"{path}: {where!r} is a soft link; spectra reads only datasets "
+                               "stored under their own name")
         try:
             node = node[part]
         except (KeyError, OSError):
@@ -93,7 +96,7 @@ def dataset_names(f: h5py.File) -> list[str]:
 
 
 def top_level_datasets(f: h5py.File) -> list[str]:
-    """Names at the file's root that hold a dataset, external links included (unresolved), so
-    that `dataset` refuses them by name rather than skipping them."""
-    return [name for name in f if isinstance(f.get(name, getlink=True), h5py.ExternalLink)
+    """Names at the file's root that hold a dataset, and every soft or external link there
+    (unresolved), so that `dataset` refuses them by name rather than following or skipping them."""
+    return [name for name in f if not isinstance(f.get(name, getlink=True), h5py.HardLink)
             or isinstance(f.get(name), h5py.Dataset)]

@@ -28,8 +28,9 @@ SUFFIX = ".lock"
 
 
 def lock_path(path: str | Path) -> Path:
-    """The lock file of `path`: PATH.lock beside it."""
-    path = Path(path)
+    """The lock file of `path`: PATH.lock beside the file it names once symbolic links are
+    resolved, so two names of one file share one lock."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + SUFFIX)
 
 
@@ -52,15 +53,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _age(path: Path) -> float:
+    """Seconds since `path` was last written (0 when it is gone)."""
+    try:
+        return datetime.datetime.now().timestamp() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _stale(holder: dict[str, Any] | None, lock: Path) -> bool:
     """Whether a lock can be taken over: its owner ran on this host and is gone, or the file
     holds no owner and is older than a minute (a process killed between create and write)."""
     if holder is None:
-        try:
-            age = datetime.datetime.now().timestamp() - lock.stat().st_mtime
-        except OSError:
-            return True
-        return age > 60
+        return _age(lock) > 60
     pid = holder.get("pid")
     return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
 
@@ -78,20 +83,39 @@ def _create(lock: Path) -> bool:
     return True
 
 
+def _take_over(lock: Path, judged: dict[str, Any] | None) -> bool:
+    """Replace a lock judged stale by one of this process, unless another process does so
+    first: the replacement happens under a second exclusive file (`LOCK.takeover`), and only
+    while the lock still holds the owner that was judged gone. A takeover file left by a
+    process killed mid-takeover is cleared after a minute."""
+    guard = lock.with_name(lock.name + ".takeover")
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        if _age(guard) > 60:
+            guard.unlink(missing_ok=True)
+        return False
+    try:
+        if _holder(lock) != judged:
+            return False
+        lock.unlink(missing_ok=True)
+        return _create(lock)
+    finally:
+        guard.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:
     """Hold spectra's lock on `path` for the block; SpectraError if another process holds it."""
     lock = lock_path(path)
     if not _create(lock):
         holder = _holder(lock)
-        if not _stale(holder, lock):
+        if not (_stale(holder, lock) and _take_over(lock, holder)):
+            holder = _holder(lock)
             who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}: "
                    f"{holder.get('command')}") if holder else "an unknown process"
             raise SpectraError(f"{path} is in use by another spectra process ({who}); wait for it, "
                                f"or remove {lock} if that process is gone")
-        lock.unlink(missing_ok=True)
-        if not _create(lock):
-            raise SpectraError(f"{path} is in use by another spectra process (it took {lock} just now)")
     try:
         yield
     finally:

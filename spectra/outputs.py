@@ -9,7 +9,6 @@ when it is not a file at all.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,7 @@ def check_folder(path: str | Path) -> Path:
                            f"bytes; this file system takes {name_max - len(_LONGEST_SUFFIX)})")
     probe = folder / f".spectra-write-test-{os.getpid()}"
     try:
-        probe.touch()
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         probe.unlink()
     except OSError as exc:
         raise SpectraError(f"cannot write in {folder}: {exc.strerror or exc}") from None
@@ -61,6 +60,8 @@ def check_replaceable(path: str | Path, is_own: Callable[[Path], None], kind: st
     """Refuse (one line) to replace `path` unless `is_own(path)` accepts it as spectra's `kind`
     of file: `is_own` raises SpectraError for anything else."""
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SpectraError(f"refusing to replace {path}: it is a link or not a regular file")
     if not path.exists():
         return
     try:
@@ -68,16 +69,3 @@ def check_replaceable(path: str | Path, is_own: Callable[[Path], None], kind: st
     except SpectraError as exc:
         raise SpectraError(f"refusing to replace {path}: it is not a {kind} ({exc})") from None
 
-
-def json_of_format(fmt: str) -> Callable[[Path], None]:
-    """An `is_own` check for a JSON file whose top-level `format` is `fmt`."""
-
-    def check(path: Path) -> None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            raise SpectraError("not JSON") from None
-        if not isinstance(data, dict) or data.get("format") != fmt:
-            raise SpectraError(f"no format {fmt!r}")
-
-    return check

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from spectra.errors import SpectraError
+from spectra.limits import require_memory
 from spectra.theory.manifold import LinearManifold
 
 if sys.version_info >= (3, 11):
@@ -70,6 +71,7 @@ def variances_of(table: dict[str, Any], where: str) -> np.ndarray:
         if not ok or not groups:
             raise SpectraError(f"{where}: 'variance_groups' must be [[value, count], ...] with "
                                "integer counts >= 1")
+        require_memory(8 * sum(n for _, n in groups), f"{where}: 'variance_groups' counts")
         return np.concatenate([np.full(n, float(v)) for v, n in groups])
     values = take(table, "variances", list, where)
     if not all(_number(v) for v in values):
@@ -80,10 +82,14 @@ def variances_of(table: dict[str, Any], where: str) -> np.ndarray:
 def manifold_from_table(table: dict[str, Any], where: str) -> LinearManifold:
     """The LinearManifold of a `kind = "gaussian"` spec table."""
     check_keys(table, GAUSSIAN_KEYS, where)
+    dim, variances = take(table, "ambient_dim", int, where), variances_of(table, where)
+    # the embedding (D x m) and its QR factorization's workspace
+    require_memory(4 * 8 * abs(dim) * max(1, len(variances)),
+                   f"{where}: a manifold of ambient_dim {dim} with {len(variances)} directions")
     try:
         return LinearManifold(
-            take(table, "ambient_dim", int, where),
-            variances_of(table, where),
+            dim,
+            variances,
             take(table, "embedding", str, where, "orthonormal"),
             take(table, "seed", int, where, 0),
         )

@@ -67,6 +67,8 @@ def check_format(f: h5py.File, path: str | Path) -> None:
 #: root attributes every run file has, and those of them that hold a JSON table
 REQUIRED_ATTRS = ("complete", "target", "method_used", "options", "schedule", "k")
 JSON_ATTRS = ("options", "schedule", "model_config", "autodiff", "tolerances", "tf32", "fingerprints")
+#: the targets a run can hold
+TARGET_VALUES = ("score", "denoiser", "eps")
 #: the Python types of the scalar attributes readers rely on, once decoded
 ATTR_TYPES = {"complete": (bool, int), "k": int, "batch_size": int, "target": str, "method_used": str,
               "seed": int, "dtype": str}
@@ -84,6 +86,8 @@ def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
         value = _decode(f.attrs[name]) if name in f.attrs else None
         if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is int:
             raise SpectraError(f"{path} is a damaged run file (attribute {name!r} is {value!r})")
+    if _decode(f.attrs["target"]) not in TARGET_VALUES:
+        raise SpectraError(f"{path} is a damaged run file (target {_decode(f.attrs['target'])!r})")
     for name in JSON_ATTRS:
         if name in f.attrs:
             try:
@@ -118,6 +122,11 @@ def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
             expected = tuple("K" if w is None else w for w in want)
             raise SpectraError(f"{path} is a damaged run file ({name} has shape {dset.shape} and dtype "
                                f"{dset.dtype}; expected {expected} of {'bool' if kind == 'b' else 'floats'})")
+    grid = {name: hdf5.read(f, name, path) for name in ("t", "alpha", "sigma", "tau")}
+    if not all(np.all(np.isfinite(v)) for v in grid.values()) or np.any(grid["tau"] <= 0) \
+            or np.any(grid["alpha"] <= 0) or np.any(grid["sigma"] <= 0):
+        raise SpectraError(f"{path} is a damaged run file (its time grid holds non-finite or "
+                           "non-positive schedule values)")
     return n, nt
 
 

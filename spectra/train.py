@@ -105,6 +105,10 @@ class TrainedScoreModel(NetworkScoreModel):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": "trained", "train": self.train_config}
 
+    def identity(self) -> dict[str, Any]:
+        """The network's identity and the input scaling its values depend on."""
+        return {**super().identity(), "data_variance": self.train_config["data_variance"]}
+
 
 def c_in(alpha: torch.Tensor, sigma: torch.Tensor, variance: float) -> torch.Tensor:
     """1 / sqrt(alpha^2 v + sigma^2): unit-scale network inputs."""
@@ -152,13 +156,19 @@ def _validate(opts: TrainOptions) -> None:
         raise SpectraError("--steps, --width, --depth, --batch-size and --n-train must be below 2^62")
 
 
+def _n_parameters(width: int, depth: int, dim: int, n_freq: int = 16) -> int:
+    """The parameters of ResidualMLP(dim, width, depth, n_freq), weights and biases."""
+    w = width
+    return 2 * n_freq * w + w * w + 2 * dim * w + 2 * depth * w * w + (4 + 2 * depth) * w + dim
+
+
 def _check_sizes(opts: TrainOptions, dim: int) -> None:
     """Refuse a network or batch that cannot fit in memory: the weights (network, EMA, Adam's
     two moments and the gradients: 5 float64 copies of the parameters), a batch's activations
     (kept for the backward pass) and the training points."""
-    w, n_freq = opts.width, 16
-    params = 2 * n_freq * w + w * w + 2 * dim * w + 2 * opts.depth * w * w + (4 + 2 * opts.depth) * w
-    require_memory(5 * 8 * params, f"a network of --width {w} and --depth {opts.depth} at D = {dim}")
+    w = opts.width
+    require_memory(5 * 8 * _n_parameters(w, opts.depth, dim),
+                   f"a network of --width {w} and --depth {opts.depth} at D = {dim}")
     require_memory(4 * 8 * opts.batch_size * (w * (2 * opts.depth + 4) + 4 * dim),
                    f"--batch-size {opts.batch_size} at --width {w}")
     if opts.n_train is not None:
@@ -279,7 +289,7 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
         step, losses = int(ck["step"]), list(ck["losses"].tolist())
         config = {**old, "options": config["options"]}
         if "train_points" in ck:
-            points = ck["train_points"].numpy()
+            points = ck["train_points"].detach().numpy()
 
     schedule = Schedule.from_dict(config["schedule"])
     variance = config["data_variance"]
@@ -347,7 +357,9 @@ def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
     ck = read_checkpoint(path)
     config = config_of(ck, path)
     try:
-        net = ResidualMLP(config["dim"], config["network"]["width"], config["network"]["depth"])
+        sizes = (int(config["network"]["width"]), int(config["network"]["depth"]), int(config["dim"]))
+        require_memory(2 * 8 * _n_parameters(*sizes), f"{path}: the network its config declares")
+        net = ResidualMLP(sizes[2], sizes[0], sizes[1])
         net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
         schedule = Schedule.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -361,6 +373,6 @@ def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
     data = model_from_table(data_spec(ck, path), Path(path).parent / named, kinds=ANALYTIC_KINDS)
     points = None
     if "train_points" in ck:
-        points = ck["train_points"].numpy()
+        points = ck["train_points"].detach().numpy()
         config = {**config, "n_train_points": int(points.shape[0])}
     return TrainedScoreModel(net, schedule, config, data, spec, points)

@@ -117,12 +117,28 @@ def toml_literal(value) -> str:
     return "[" + ", ".join(toml_literal(v) for v in value) + "]"
 
 
-spec_tables = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["gaussian", "gmm", "empirical", "junk"])},
-    optional={k: toml_value for k in KEYS} | {
-        "schedule": st.fixed_dictionaries({"name": st.sampled_from(["ve", "vp", "ddpm", "edm", "cosine"])},
-                                          optional={"sigma_min": toml_scalar, "sigma_max": toml_scalar,
-                                                    "beta_end": toml_scalar, "n_steps": toml_scalar})})
+schedules = st.fixed_dictionaries(
+    {"name": st.sampled_from(["ve", "vp", "ddpm", "edm", "cosine"])},
+    optional={"sigma_min": st.one_of(toml_scalar, st.floats(1e-3, 1)),
+              "sigma_max": st.one_of(toml_scalar, st.floats(1, 100)),
+              "beta_end": st.one_of(toml_scalar, st.floats(0, 1.5)), "n_steps": st.integers(-2, 2000)})
+#: near-valid specs (small changes to good ones) and arbitrary tables of the known keys
+spec_tables = st.one_of(
+    st.fixed_dictionaries(
+        {"kind": st.just("gaussian"), "ambient_dim": st.integers(-1, 8),
+         "variances": st.lists(st.floats(-1, 3, width=32), min_size=0, max_size=9)},
+        optional={"seed": st.integers(-2, 2**64), "schedule": schedules,
+                  "embedding": st.sampled_from(["orthonormal", "gaussian", "x"])}),
+    st.fixed_dictionaries(
+        {"kind": st.just("gmm"), "preset": st.sampled_from(["isotropic", "molrg", "other"]),
+         "ambient_dim": st.integers(-1, 8), "n_components": st.integers(-1, 4),
+         "variance": st.floats(-1, 2, width=32)},
+        optional={"radius": st.floats(-1, 3, width=32), "n_classes": st.integers(0, 3),
+                  "subspace_dim": st.integers(0, 4), "delta": st.floats(0, 1), "schedule": schedules}),
+    st.fixed_dictionaries(
+        {"kind": st.sampled_from(["gaussian", "gmm", "empirical", "junk"])},
+        optional={k: toml_value for k in KEYS} | {"schedule": schedules}),
+)
 
 
 @FUZZ
@@ -153,7 +169,8 @@ damage = st.one_of(
     st.tuples(st.just("set attr"), st.sampled_from(ATTRS), attr_value),
     st.tuples(st.just("del dataset"), st.sampled_from(DATASETS)),
     st.tuples(st.just("replace dataset"), st.sampled_from(DATASETS),
-              st.lists(st.integers(0, 4), min_size=0, max_size=3), st.sampled_from(["f8", "i4", "bool", "S3"])),
+              st.lists(st.integers(0, 4), min_size=0, max_size=3),
+              st.sampled_from(["f8", "i4", "bool", "S3"])),
     st.tuples(st.just("flip bytes"), st.integers(0, 10**6), st.binary(min_size=1, max_size=16)),
     st.tuples(st.just("truncate"), st.integers(0, 10**6)),
 )

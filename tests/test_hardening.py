@@ -373,6 +373,9 @@ def estimate_cases(tmp_path):
     sched.write_text(GAUSS.format(seed=0) + "[schedule]\nname = \"ve\"\nsigma_min = 5.0\nsigma_max = 1.0\n")
     beta = tmp_path / "beta.toml"
     beta.write_text(GAUSS.format(seed=0) + "[schedule]\nname = \"ddpm\"\nbeta_end = 1.0\n")
+    negative = tmp_path / "negative.toml"
+    negative.write_text('kind = "gmm"\npreset = "isotropic"\nambient_dim = -1\nn_components = 1\n'
+                        'variance = 0.5\n')
     cplx = tmp_path / "complex.npy"
     np.save(cplx, np.ones((3, 6), dtype=complex))
     stale = tmp_path / "stale"
@@ -398,6 +401,7 @@ def estimate_cases(tmp_path):
         "sigma_min above sigma_max": (["--model", sched], ["sigma_min < sigma_max"]),
         "beta_end of 1": (["--model", beta], ["beta_end < 1"]),
         "complex data": (["--model", m, "--data", cplx], ["complex"]),
+        "negative ambient_dim in a mixture": (["--model", negative], ["ambient_dim"]),
         "ignored --shape": (["--model", m, "--shape", "2,3"], ["--shape", "does not apply"]),
         "integer output": ([*net[:1], f"{NETS}:integer_output", *net[2:], "--data", "noise"],
                            ["int64", "floating-point"]),
@@ -490,7 +494,8 @@ def test_full_disk(tmp_path, tiny_disk):
 def test_train_bad_input(tmp_path):
     m = spec(tmp_path)
     out = tmp_path / "ck.pt"
-    assert_refused(invoke("train", "--data", m, "--out", out, "--checkpoint-every", "0"), "--checkpoint-every")
+    assert_refused(invoke("train", "--data", m, "--out", out, "--checkpoint-every", "0"),
+                   "--checkpoint-every")
     assert_refused(invoke("train", "--data", m, "--out", out, "--width", str(10**9)), "--width", "memory")
     assert_refused(invoke("train", "--data", m, "--out", out, "--seed", "-3"), "--seed")
     assert not out.exists()
@@ -539,11 +544,12 @@ def test_garbage_torchrun_variables(tmp_path, env):
     assert_refused(res, "torchrun")
 
 
-def test_rendezvous_with_a_missing_peer_is_bounded(tmp_path):
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_rendezvous_with_a_missing_peer_is_bounded(tmp_path, rank):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port)}
     tick = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "spectra_cli", "estimate", "--model", str(spec(tmp_path)),
@@ -553,4 +559,198 @@ def test_rendezvous_with_a_missing_peer_is_bounded(tmp_path):
     assert time.monotonic() - tick < 60
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) <= 3 and lines[0].startswith("error: ") and "--rendezvous-timeout" in lines[0]
+    assert not (tmp_path / "r.h5").exists()
+
+
+# --- second round: what a hostile review found ---------------------------------------------------
+def test_soft_link_to_an_external_link_is_refused(tmp_path):
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:
+        f["x"] = np.full((2, 6), 42.0)
+    data = tmp_path / "data.h5"
+    with h5py.File(data, "w") as f:
+        f["e"] = h5py.ExternalLink(str(secret), "/x")
+        f["x"] = h5py.SoftLink("/e")
+    res = invoke("estimate", "--model", spec(tmp_path), "--data", data, "--out", tmp_path / "r.h5", *SMALL)
+    assert_refused(res, "link")
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_run_file_with_a_soft_linked_dataset_is_refused(tmp_path, run_file):
+    path = tmp_path / "run.h5"
+    path.write_bytes(run_file.read_bytes())
+    with h5py.File(path, "r+") as f:
+        f.move("x0", "x0real")
+        f["x0"] = h5py.SoftLink("/x0real")
+    for args in (["info", path], ["plot", path, "--out", tmp_path / "p"]):
+        assert_refused(invoke(*args), "soft link")
+
+
+def test_stale_temporary_symlink_is_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    m = spec(tmp_path)
+    for out, args in ((tmp_path / "ck.pt", ["train", "--data", m, "--steps", "2", "--width", "8"]),
+                      (tmp_path / "r.h5", ["estimate", "--model", m, *SMALL])):
+        link = out.with_name(out.name + ".tmp")
+        link.symlink_to(victim)
+        assert_refused(invoke(*args, "--out", out), "in the way")
+        assert victim.read_text() == "precious" and not out.exists()
+        link.unlink()
+
+
+def test_lock_covers_every_name_of_a_file(tmp_path, run_file):
+    real = tmp_path / "run.h5"
+    real.write_bytes(run_file.read_bytes())
+    alias = tmp_path / "alias.h5"
+    alias.symlink_to(real)
+    (tmp_path / "run.h5.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    before = digest(real)
+    assert_refused(invoke("estimate", "--model", spec(tmp_path), "--out", alias, "--overwrite", *SMALL),
+                   "in use")
+    assert digest(real) == before
+
+
+def test_a_stale_lock_is_taken_over_once(tmp_path):
+    from spectra.lock import _holder, _take_over, lock_path
+
+    lock = lock_path(tmp_path / "run.h5")
+    stale = {"host": socket.gethostname(), "pid": 2**22 + 12345}
+    lock.write_text(json.dumps(stale))
+    judged = _holder(lock)
+    assert _take_over(lock, judged)  # the first process replaces the stale owner with itself
+    assert _holder(lock)["pid"] == os.getpid()
+    assert not _take_over(lock, judged)  # a second one that judged the same owner gets nothing
+    assert _holder(lock)["pid"] == os.getpid()
+    guard = lock.with_name(lock.name + ".takeover")
+    lock.write_text(json.dumps(stale))
+    guard.write_text("")  # a takeover in progress elsewhere
+    assert not _take_over(lock, _holder(lock))
+
+
+def test_resume_refuses_a_model_whose_hidden_weights_changed(tmp_path):
+    code = tmp_path / "user_net.py"
+    template = ("import sys\nsys.path.insert(0, {assets!r})\nfrom nets import Unregistered\n"
+                "def make():\n    return Unregistered({scale})\n")
+    code.write_text(template.format(assets=str(ASSETS), scale=1.0))
+    model = tmp_path / "net.toml"
+    model.write_text(f'kind = "network"\nfactory = "{code.name}:make"\nparameterization = "eps"\n')
+    out = tmp_path / "run.h5"
+    args = ["estimate", "--model", model, "--data", "noise", "--out", out, "--n-samples", "2",
+            "--n-times", "3", "--quiet"]
+    assert invoke(*args).exit_code == 0
+    with h5py.File(out, "r+") as f:
+        f["done"][:, -1] = False
+        f.attrs["complete"] = False
+    code.write_text(template.format(assets=str(ASSETS), scale=3.0))
+    before = digest(out)
+    assert_refused(invoke(*args, "--resume"), "model's values differ")
+    assert digest(out) == before
+    code.write_text(template.format(assets=str(ASSETS), scale=1.0))
+    assert invoke(*args, "--resume").exit_code == 0 and spectra.load(out).complete
+
+
+def test_resume_accepts_a_spec_with_its_defaults_spelled_out(partial_run):
+    folder, model, data, out = partial_run
+    spelled = folder / "spelled.toml"
+    spelled.write_text('kind = "gaussian"\nambient_dim = 6\nvariance_groups = [[1.0, 1], [0.5, 1]]\n'
+                       'seed = 0\nembedding = "orthonormal"\n[schedule]\nname = "ve"\nsigma_min = 0.01\n'
+                       'sigma_max = 50.0\n')
+    res = _resume(out, spelled, data)
+    assert res.exit_code == 0, res.output
+    assert spectra.load(out).complete
+
+
+def test_damaged_training_points_are_one_line(tmp_path):
+    ck = torch.load(DEMO, weights_only=True)
+    for bad in (7, torch.zeros(3, 100, dtype=torch.bfloat16), torch.zeros(100)):
+        ck["train_points"] = bad
+        path = tmp_path / "ck.pt"
+        torch.save(ck, path)
+        for args in (["--model", path], ["--model", spec(tmp_path), "--data", path]):
+            assert_refused(invoke("estimate", "--out", tmp_path / "r.h5", *SMALL, *args), "train_points")
+
+
+def test_corrupted_compressed_npz_is_one_line(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez_compressed(path, x=np.random.default_rng(0).standard_normal((50, 6)))
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"x.npy") + len("x.npy") + 20
+    raw[start:start + 40] = os.urandom(40)
+    path.write_bytes(bytes(raw))
+    res = invoke("estimate", "--model", spec(tmp_path), "--data", path, "--out", tmp_path / "r.h5", *SMALL)
+    assert_refused(res, "x.npz")
+
+
+@pytest.mark.parametrize("damage", ["target", "autodiff", "tau"])
+def test_more_damaged_run_files(tmp_path, run_file, damage):
+    path = tmp_path / "run.h5"
+    path.write_bytes(run_file.read_bytes())
+    with h5py.File(path, "r+") as f:
+        if damage == "target":
+            f.attrs["target"] = "bogus"
+        elif damage == "autodiff":
+            f.attrs["autodiff"] = '{"foo": 1}'
+            f.attrs["complete"] = False
+        else:
+            f["tau"][0] = -1.0
+    before = digest(path)
+    commands = [["estimate", "--model", spec(tmp_path), "--out", path, "--resume", *SMALL]]
+    if damage != "autodiff":  # only a resume reads the autodiff path
+        commands.append(["compare-theory", path])
+    for args in commands:
+        assert_refused(invoke(*args), "damaged")
+    assert digest(path) == before
+
+
+def test_resume_of_a_run_without_batch_size(tmp_path, run_file):
+    path = tmp_path / "run.h5"
+    path.write_bytes(run_file.read_bytes())
+    with h5py.File(path, "r+") as f:
+        del f.attrs["batch_size"]
+        f["done"][:, -1] = False
+        f.attrs["complete"] = False
+    res = invoke("estimate", "--model", spec(run_file.parent), "--out", path, "--resume", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert spectra.load(path).complete
+
+
+def test_model_raising_a_base_exception_is_one_line(tmp_path):
+    res = invoke("estimate", "--model", f"{NETS}:interrupts", "--schedule", "ve", "--parameterization", "eps",
+                 "--data", "noise", "--out", tmp_path / "r.h5", *SMALL)
+    assert_refused(res, "GeneratorExit")
+
+
+def test_a_fifo_in_an_output_slot_is_refused_without_waiting(tmp_path, run_file):
+    run = tmp_path / "run.h5"
+    run.write_bytes(run_file.read_bytes())
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "metrics.json")
+    os.mkfifo(tmp_path / "fifo.h5")
+    cmd = [sys.executable, "-m", "spectra_cli"]
+    for args in (["compare-theory", str(run), "--out", str(tmp_path / "out")],
+                 ["theory", "--manifold", str(spec(tmp_path)), "--out", str(tmp_path / "fifo.h5"),
+                  "--overwrite"]):
+        res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "not a regular file" in res.stderr, res.stderr
+
+
+def test_oversized_specs_are_refused_before_allocating(tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_text('kind = "gaussian"\nambient_dim = 60000\nvariance_groups = [[1.0, 60000]]\n')
+    mix = tmp_path / "mix.toml"
+    mix.write_text('kind = "gmm"\npreset = "isotropic"\nambient_dim = 100000\nn_components = 1000000\n'
+                   'variance = 1.0\n')
+    for args in (["estimate", "--model", big, "--out", tmp_path / "r.h5", *SMALL],
+                 ["estimate", "--model", mix, "--out", tmp_path / "r.h5", *SMALL],
+                 ["theory", "--manifold", big, "--out", tmp_path / "t.h5"]):
+        assert_refused(invoke(*args), "memory")
+
+
+@pytest.mark.parametrize("args", [["--model", "SPEC", "--schedule", "vp"],
+                                  ["--model", "SPEC", "--parameterization", "x0"],
+                                  ["--schedule", "ddpm"], ["--method", "jvp", "--step", "0.3"]])
+def test_options_the_model_would_ignore_are_refused(tmp_path, args):
+    args = [str(spec(tmp_path)) if a == "SPEC" else a for a in args]
+    assert_refused(invoke("estimate", "--out", tmp_path / "r.h5", *SMALL, *args), "not")
     assert not (tmp_path / "r.h5").exists()

@@ -26,6 +26,8 @@ class ScoreModel(ABC):
     parameterization: str
     shape: tuple[int, ...] | None = None
     spec: str = ""
+    #: the name of the factory that built the model (without its file or module), or ""
+    factory: str = ""
     #: Rough activation memory per sample in units of D values; sizes the default batch.
     activation_factor: int = 64
 
@@ -40,6 +42,14 @@ class ScoreModel(ABC):
     def config(self) -> dict[str, Any]:
         """JSON-serializable description stored in run files."""
         return {"kind": type(self).__name__}
+
+    def identity(self) -> dict[str, Any]:
+        """What the model is, independent of where it was found or how its spec was spelled
+        (fingerprinted on resume with `state()`; see spectra.fingerprint): its class, schedule,
+        parameterization, sample shape and the factory it came from."""
+        return {"class": type(self).__name__, "schedule": self.schedule.to_dict(),
+                "parameterization": self.parameterization,
+                "shape": list(self.shape) if self.shape is not None else None, "factory": self.factory}
 
     def state(self) -> dict[str, np.ndarray | torch.Tensor]:
         """Every array the model's values depend on, by name (fingerprinted on resume; see

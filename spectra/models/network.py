@@ -81,6 +81,12 @@ class NetworkScoreModel(ScoreModel):
             **({"class_label": self.class_label} if self.class_label is not None else {}),
         }
 
+    def identity(self) -> dict[str, Any]:
+        """The base identity, how the module is called, and its class."""
+        return {**super().identity(), "module": type(self.module).__name__, "interface": self.interface,
+                "time_label": self.time_label, "call_kwargs": self.call_kwargs,
+                "class_label": self.class_label}
+
     def state(self) -> dict[str, torch.Tensor]:
         """The module's parameters and buffers (its state_dict)."""
         return dict(self.module.state_dict())

@@ -32,6 +32,7 @@ import torch
 
 from spectra.arrays import load_array
 from spectra.errors import SpectraError
+from spectra.limits import require_memory
 from spectra.models.analytic import (
     GaussianMixture,
     empirical,
@@ -75,8 +76,10 @@ def load_model(
     if spec.endswith(".pt"):
         from spectra.train import load_trained
 
+        _unused(spec, "a spectra train checkpoint", schedule=schedule, parameterization=parameterization)
         model = load_trained(spec, spec)
     elif prefix == "diffusers":
+        _unused(spec, "a diffusers model (its scheduler gives the schedule)", schedule=schedule)
         model = load_diffusers(rest, spec, parameterization)
     elif prefix in INTERFACES and rest:
         model = _from_factory(rest, schedule, parameterization, shape, interface=prefix)
@@ -113,6 +116,9 @@ def model_from_table(
         raise SpectraError(f"{where}: unknown kind {kind!r} (expected {', '.join(SPEC_KINDS)})")
     if kind not in kinds:
         raise SpectraError(f"{where}: kind {kind!r} is not allowed here (only {', '.join(kinds)})")
+    if kind != "network":
+        _unused(where, f"an analytic {kind} spec (its [schedule] table sets the schedule)",
+                schedule=schedule, parameterization=parameterization)
     sched_table = take(table, "schedule", dict, where, {"name": "ve"})
     sched = Schedule.from_dict(sched_table)
     config = {"spec_file": str(path.resolve()), **table}
@@ -128,7 +134,10 @@ def model_from_table(
         points = load_array(path.parent / take(table, "points", str, where))
         return empirical(points, sched, config=config)
     if kind == "gmm":
-        return _gmm(table, sched, config, where)
+        try:
+            return _gmm(table, sched, config, where)
+        except (ValueError, OverflowError) as exc:  # sizes numpy cannot take (negative, too large)
+            raise SpectraError(f"{where}: {exc}") from None
     if kind == "network":
         check_keys(table, common | {"factory", "parameterization", "shape", "interface"}, where)
         factory = take(table, "factory", str, where)
@@ -154,13 +163,32 @@ def model_from_table(
     raise AssertionError(f"spec kind {kind!r} has no reader")
 
 
+def _unused(spec: str, what: str, **options: str | None) -> None:
+    """Refuse options that a model of this form would silently ignore."""
+    given = [f"--{name}" for name, value in options.items() if value is not None]
+    if given:
+        verb = "do" if len(given) > 1 else "does"
+        raise SpectraError(f"{' and '.join(given)} {verb} not apply to {spec}: {what}")
+
+
 def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> GaussianMixture:
     preset = take(table, "preset", str, where, None)
     dim = take(table, "ambient_dim", int, where)
     seed = take(table, "seed", int, where, 0)
     common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
+
+    if dim < 1:
+        raise SpectraError(f"{where}: ambient_dim must be at least 1, got {dim}")
+
+    def sized(components: int, rank: int) -> None:  # means and bases, with room to build them
+        if components < 1 or rank < 0:
+            raise SpectraError(f"{where}: a mixture needs at least one component and ranks >= 0")
+        require_memory(4 * 8 * abs(dim) * max(1, abs(components)) * max(1, abs(rank)),
+                       f"{where}: a mixture of {components} components of rank {rank} in D = {dim}")
+
     if preset == "molrg":
         check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
+        sized(take(table, "n_classes", int, where), take(table, "subspace_dim", int, where))
         return molrg(
             dim,
             take(table, "n_classes", int, where),
@@ -170,6 +198,7 @@ def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> Ga
         )
     if preset == "isotropic":
         check_keys(table, common | {"n_components", "variance", "radius"}, where)
+        sized(take(table, "n_components", int, where), 1)
         radius = take(table, "radius", (int, float), where, None)
         return isotropic_gmm(
             dim,
@@ -183,6 +212,7 @@ def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> Ga
     comps = take(table, "components", list, where)
     if not comps:
         raise SpectraError(f"{where}: a gmm needs at least one [[components]] table")
+    sized(len(comps), 1)
     rng = np.random.default_rng(seed)
     weights, means, factors = [], [], []
     for i, comp in enumerate(comps):
@@ -196,6 +226,7 @@ def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> Ga
             raise SpectraError(f"{cw}: mean must have ambient_dim = {dim} entries")
         variances = variances_of(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
             else np.zeros(0)
+        sized(1, len(variances))
         if "basis" in comp:
             basis = np.asarray(comp["basis"], dtype=np.float64)
             if basis.shape != (dim, len(variances)):
@@ -205,6 +236,7 @@ def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> Ga
         means.append(mean)
         factors.append(eigen_factor(basis, variances))
     r = max(len(e) for _, e in factors)
+    sized(len(comps), r)
     bases = np.zeros((len(comps), dim, r))
     eig = np.zeros((len(comps), r))
     for k, (u, e) in enumerate(factors):
@@ -259,6 +291,14 @@ def _from_factory(
         obj = factory()
     except Exception as exc:  # user code
         raise SpectraError(f"factory {spec} failed: {type(exc).__name__}: {exc}") from None
+    model = _wrap(obj, spec, schedule, parameterization, shape, schedule_obj, interface)
+    model.factory = spec.rpartition(":")[2]
+    return model
+
+
+def _wrap(obj: Any, spec: str, schedule: str | None, parameterization: str | None, shape,
+          schedule_obj: Schedule | None, interface: str) -> ScoreModel:
+    """The ScoreModel of what a factory returned: itself, or a bare module read by `interface`."""
     if isinstance(obj, ScoreModel):
         return obj
     if not isinstance(obj, torch.nn.Module):

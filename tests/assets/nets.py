@@ -132,3 +132,36 @@ class HalfOutput(TinyNet):
 
 def half_output():
     return HalfOutput()
+
+
+class Unregistered(torch.nn.Module):
+    """Weights held in a plain attribute, which state_dict does not see (as careless user code
+    does): only the model's values tell two scales apart."""
+
+    sample_shape = (16,)
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.w = scale * torch.randn(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def forward(self, x, t):
+        return torch.tanh(x @ self.w.to(x.dtype)) * torch.log(t)[:, None]
+
+
+def unregistered():
+    return Unregistered(1.0)
+
+
+def unregistered_scaled():
+    return Unregistered(3.0)
+
+
+class Interrupts(TinyNet):
+    """Raises an exception outside Exception's hierarchy."""
+
+    def forward(self, x, t):
+        raise GeneratorExit("not a model error")
+
+
+def interrupts():
+    return Interrupts()
