@@ -21,9 +21,9 @@ import numpy as np
 import scipy
 from common import write
 
-from spectra.compare import density_grid
 from spectra.models import demo_manifold_spec
 from spectra.spec_toml import load_manifold
+from spectra.studies.phases import density_grid
 from spectra.theory.manifold import LinearManifold
 from spectra.theory.prediction import LinearTheory
 

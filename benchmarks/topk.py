@@ -30,10 +30,10 @@ from common import environment, write
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "assets"))
 from unet import unet  # noqa: E402
 
-from spectra.estimate import _disable_tf32  # noqa: E402
 from spectra.jacobian import jacobian_at, topk_at  # noqa: E402
 from spectra.models import NetworkScoreModel  # noqa: E402
 from spectra.schedules import Schedule  # noqa: E402
+from spectra.sweep.setup import disable_tf32  # noqa: E402
 
 K, TOL, T = 16, 1e-6, 0.3
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    _disable_tf32()
+    disable_tf32()
     shape = (3, args.size, args.size)
     dim = math.prod(shape)
     net = unet(args.size, args.width).to(device=device, dtype=dtype).eval()

@@ -14,13 +14,13 @@ from typing import NoReturn
 import click
 from spectra_cli.info import describe, summary
 
-from spectra.compare import DEFAULT_RESOLUTION, compare, plot_run, theory_file
 from spectra.distributed import DEFAULT_RENDEZVOUS_TIMEOUT
 from spectra.errors import SpectraError, first_line, os_error
 from spectra.estimate import EstimateOptions, estimate
 from spectra.jacobian.methods import METHODS
 from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
 from spectra.schedules import SCHEDULE_NAMES
+from spectra.studies.phases import DEFAULT_RESOLUTION, compare, plot_run, theory_file
 
 #: seeds: non-negative and stored as int64
 SEED = click.IntRange(0, 2**63 - 1)

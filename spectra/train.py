@@ -1,17 +1,10 @@
 """Small score networks on synthetic data (`spectra train`), with self-describing checkpoints.
 
-The network is [V]'s residual MLP: an input layer, `depth` residual blocks of two linear layers
-with SiLU, each block shifted by a learned embedding of the noise level, and an output layer. It
-predicts eps (theory.md 2) with an input scaling that keeps its inputs O(1) at every noise level:
-
-    epshat(x, t) = F(c_in x, c_noise),   c_in = 1 / sqrt(alpha^2 v + sigma^2),
-    c_noise = log(tau) / 8 = log(sigma / alpha) / 4,
-
-where v is the data's mean variance per coordinate (measured on samples, stored in the config).
-The noise level enters through sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4,
-k = 1..16: the slowest period, 8 in c_noise, spans sigma / alpha from e^-16 to e^16, so no two noise
-levels of a schedule alias (with omega_k = k pi, sigma = 0.01 and sigma = 50 under ve gave nearly the
-same embedding and the network could not fit both ends).
+The network and its input scaling are spectra.models.trained's. The noise level enters through
+sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4, k = 1..16: the slowest period, 8
+in c_noise, spans sigma / alpha from e^-16 to e^16, so no two noise levels of a schedule alias (with
+omega_k = k pi, sigma = 0.01 and sigma = 50 under ve gave nearly the same embedding and the network
+could not fit both ends).
 Training minimizes denoising score matching, E ||epshat(alpha x0 + sigma eps, t) - eps||^2, with t
 uniform on the schedule's default range (log-uniform sigma under ve) and x0 drawn fresh from the
 data spec each step, or from a fixed set of `n_train` points drawn once (the memorizing regime of
@@ -38,86 +31,18 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from spectra.checkpoint import ANALYTIC_KINDS, config_of, data_spec, read_checkpoint, write_checkpoint
+from spectra.checkpoint import read_checkpoint, write_checkpoint
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.lock import locked
 from spectra.models.base import ScoreModel
-from spectra.models.network import NetworkScoreModel
+from spectra.models.specs import model_from_table
+from spectra.models.trained import ResidualMLP, c_in, c_noise, n_parameters
 from spectra.outputs import check_folder
 from spectra.schedules import Schedule
+from spectra.spec_toml import read_toml
 
 _LOG_EVERY = 50
-
-
-class ResidualMLP(torch.nn.Module):
-    """F(y, c_noise): y (B, D), c_noise (B,) -> (B, D); see the module docstring."""
-
-    def __init__(self, dim: int, width: int = 128, depth: int = 2, n_freq: int = 16) -> None:
-        super().__init__()
-        self.freqs = torch.nn.Parameter(torch.arange(1, n_freq + 1, dtype=torch.float32) * math.pi / 4,
-                                        requires_grad=False)
-        self.embed = torch.nn.Sequential(torch.nn.Linear(2 * n_freq, width), torch.nn.SiLU(),
-                                         torch.nn.Linear(width, width))
-        self.inp = torch.nn.Linear(dim, width)
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.ModuleList([torch.nn.Linear(width, width), torch.nn.Linear(width, width)])
-            for _ in range(depth)
-        )
-        self.out = torch.nn.Linear(width, dim)
-
-    def forward(self, y: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        angles = c_noise[:, None] * self.freqs
-        emb = self.embed(torch.cat([angles.sin(), angles.cos()], dim=1))
-        h = self.inp(y)
-        for first, second in self.blocks:
-            h = h + second(torch.nn.functional.silu(first(torch.nn.functional.silu(h + emb))))
-        return self.out(torch.nn.functional.silu(h))
-
-
-class TrainedScoreModel(NetworkScoreModel):
-    """A `spectra train` network: eps prediction through the input scaling of the module docstring,
-    with the data it was trained on: its training points (n_train, D) when it had a finite set,
-    else fresh samples of the data spec."""
-
-    def __init__(self, net: ResidualMLP, schedule: Schedule, config: dict[str, Any], data: ScoreModel,
-                 spec: str = "", train_points: np.ndarray | None = None) -> None:
-        super().__init__(net, schedule, "eps", shape=(int(config["dim"]),), spec=spec,
-                         interface="spectra-train")
-        self.train_config = config
-        self.data = data
-        self.train_points = train_points
-
-    def predict_from(self, x: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                     sigma: torch.Tensor) -> torch.Tensor:
-        """The module at c_in x and c_noise (computed in float64 from alpha and sigma, 0-d)."""
-        scale = c_in(alpha, sigma, self.train_config["data_variance"]).to(x.dtype)
-        level = c_noise(alpha, sigma).to(x.dtype).expand(x.shape[0])
-        return self.module(x * scale, level)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Anchors: the first min(n, n_train) training points (as a data file of them gives),
-        else n fresh samples of the data spec."""
-        if self.train_points is None:
-            return self.data.sample(n, rng)
-        return self.train_points[:n]
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "kind": "trained", "train": self.train_config}
-
-    def identity(self) -> dict[str, Any]:
-        """The network's identity and the input scaling its values depend on."""
-        return {**super().identity(), "data_variance": self.train_config["data_variance"]}
-
-
-def c_in(alpha: torch.Tensor, sigma: torch.Tensor, variance: float) -> torch.Tensor:
-    """1 / sqrt(alpha^2 v + sigma^2): unit-scale network inputs."""
-    return torch.rsqrt(alpha**2 * variance + sigma**2)
-
-
-def c_noise(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """log(sigma / alpha) / 4 = log(tau) / 8: the noise-level input."""
-    return torch.log(sigma / alpha) / 4
 
 
 @dataclass
@@ -156,18 +81,12 @@ def _validate(opts: TrainOptions) -> None:
         raise SpectraError("--steps, --width, --depth, --batch-size and --n-train must be below 2^62")
 
 
-def _n_parameters(width: int, depth: int, dim: int, n_freq: int = 16) -> int:
-    """The parameters of ResidualMLP(dim, width, depth, n_freq), weights and biases."""
-    w = width
-    return 2 * n_freq * w + w * w + 2 * dim * w + 2 * depth * w * w + (4 + 2 * depth) * w + dim
-
-
 def _check_sizes(opts: TrainOptions, dim: int) -> None:
     """Refuse a network or batch that cannot fit in memory: the weights (network, EMA, Adam's
     two moments and the gradients: 5 float64 copies of the parameters), a batch's activations
     (kept for the backward pass) and the training points."""
     w = opts.width
-    require_memory(5 * 8 * _n_parameters(w, opts.depth, dim),
+    require_memory(5 * 8 * n_parameters(w, opts.depth, dim),
                    f"a network of --width {w} and --depth {opts.depth} at D = {dim}")
     require_memory(4 * 8 * opts.batch_size * (w * (2 * opts.depth + 4) + 4 * dim),
                    f"--batch-size {opts.batch_size} at --width {w}")
@@ -177,9 +96,6 @@ def _check_sizes(opts: TrainOptions, dim: int) -> None:
 
 def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
     """The analytic model of the data spec, and the spec's table (kept in the checkpoint)."""
-    from spectra.models.specs import model_from_table
-    from spectra.spec_toml import read_toml
-
     if not opts.data.endswith(".toml"):
         raise SpectraError(f"--data must be an analytic spec (.toml), got {opts.data!r}")
     if not Path(opts.data).is_file():
@@ -349,30 +265,3 @@ def _save(out: Path, config: dict, step: int, net: torch.nn.Module | None, ema: 
     if points is not None:
         payload["train_points"] = torch.as_tensor(points)
     write_checkpoint(out, payload)
-
-
-def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
-    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution (an
-    inline analytic spec: spectra.checkpoint refuses any other)."""
-    ck = read_checkpoint(path)
-    config = config_of(ck, path)
-    try:
-        sizes = (int(config["network"]["width"]), int(config["network"]["depth"]), int(config["dim"]))
-        require_memory(2 * 8 * _n_parameters(*sizes), f"{path}: the network its config declares")
-        net = ResidualMLP(sizes[2], sizes[0], sizes[1])
-        net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
-        schedule = Schedule.from_dict(config["schedule"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
-    from spectra.models.specs import model_from_table
-
-    # the spec file's name (relative to the checkpoint) only names the data: its kinds read no file
-    named = config.get("data_spec_file")
-    if not isinstance(named, str) or "\0" in named:
-        raise SpectraError(f"{path} is a damaged spectra checkpoint (data_spec_file {named!r})")
-    data = model_from_table(data_spec(ck, path), Path(path).parent / named, kinds=ANALYTIC_KINDS)
-    points = None
-    if "train_points" in ck:
-        points = ck["train_points"].detach().numpy()
-        config = {**config, "n_train_points": int(points.shape[0])}
-    return TrainedScoreModel(net, schedule, config, data, spec, points)

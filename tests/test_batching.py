@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from spectra.estimate import default_batch_size
 from spectra.jacobian import AutodiffPath, make_operator
 from spectra.jacobian.memory import pair_bytes
 from spectra.models import demo_manifold_spec, load_model
+from spectra.sweep.setup import default_batch_size
 
 
 def test_gpu_batch_follows_free_memory():

@@ -311,7 +311,7 @@ def test_bad_input(network_run, demo_run, tmp_path):
 
 
 def test_a_crash_while_writing_theory_leaves_the_run_as_it_was(demo_run, monkeypatch, tmp_path):
-    from spectra import compare
+    from spectra.studies import phases as compare
 
     before = digest(demo_run)
 

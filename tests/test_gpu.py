@@ -50,9 +50,9 @@ def test_float32_on_cuda_is_not_tf32():
     model = linear_manifold(256, np.r_[np.full(40, 1.0), np.full(40, 0.05)], Schedule("ve"), seed=1)
     model.to("cuda", torch.float32)
     x0 = torch.as_tensor(model.sample(2, np.random.default_rng(0)), dtype=torch.float32, device="cuda")
-    from spectra.estimate import _disable_tf32
+    from spectra.sweep.setup import disable_tf32
 
-    _disable_tf32()
+    disable_tf32()
     lam = model.covariance_eigenvalues()
     res = spectra_at(model, x0, 0.5, "denoiser", "jvp", batch_size=512)
     alpha, sigma = model.alpha_sigma(0.5)

@@ -45,6 +45,12 @@ def assert_refused(res, *fragments):
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def copy_of(run_file, path):
+    """A copy of the module's run file at `path`, to damage or to protect."""
+    path.write_bytes(run_file.read_bytes())
+    return path
+
+
 def spec(folder, seed=0, name="m.toml"):
     path = Path(folder) / name
     path.write_text(GAUSS.format(seed=seed))
@@ -135,8 +141,7 @@ def test_hdf5_data_may_not_reach_other_files(tmp_path, how):
 def test_run_file_with_external_storage_is_refused(tmp_path, run_file):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(os.urandom(4096))
-    damaged = tmp_path / "run.h5"
-    damaged.write_bytes(run_file.read_bytes())
+    damaged = copy_of(run_file, tmp_path / "run.h5")
     with h5py.File(damaged, "r+") as f:
         shape = f["x0"].shape
         del f["x0"]
@@ -300,8 +305,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, run_file):
 
 
 def test_live_lock_is_respected(tmp_path, run_file):
-    out = tmp_path / "run.h5"
-    out.write_bytes(run_file.read_bytes())
+    out = copy_of(run_file, tmp_path / "run.h5")
     lock = {"host": socket.gethostname(), "pid": os.getppid(), "command": "spectra estimate"}
     (tmp_path / "run.h5.lock").write_text(json.dumps(lock))
     before = digest(out)
@@ -315,8 +319,7 @@ def test_live_lock_is_respected(tmp_path, run_file):
 def test_theory_overwrite_refuses_other_files(tmp_path, run_file):
     text = tmp_path / "notes.txt"
     text.write_text("precious")
-    run = tmp_path / "run.h5"
-    run.write_bytes(run_file.read_bytes())
+    run = copy_of(run_file, tmp_path / "run.h5")
     for victim in (text, run):
         before = digest(victim)
         res = invoke("theory", "--manifold", spec(tmp_path), "--out", victim, "--overwrite", "--n-tau", "5")
@@ -333,8 +336,7 @@ def test_compare_refuses_to_replace_foreign_outputs(tmp_path, run_file, name):
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / name).write_text("someone else's")
-    run = tmp_path / "run.h5"
-    run.write_bytes(run_file.read_bytes())
+    run = copy_of(run_file, tmp_path / "run.h5")
     before = digest(run)
     assert_refused(invoke("compare-theory", run, "--out", folder), "refusing to replace", name)
     assert (folder / name).read_text() == "someone else's" and digest(run) == before
@@ -418,8 +420,7 @@ with __import__("tempfile").TemporaryDirectory() as _scratch:
 @pytest.mark.parametrize("name", ESTIMATE_CASES)
 def test_estimate_bad_input_is_one_line(tmp_path, run_file, name):
     args, fragments = estimate_cases(tmp_path)[name]
-    out = tmp_path / "run.h5"
-    out.write_bytes(run_file.read_bytes())
+    out = copy_of(run_file, tmp_path / "run.h5")
     before = digest(out)
     assert_refused(invoke("estimate", "--out", out, "--overwrite", *SMALL, *args), *fragments)
     assert digest(out) == before
@@ -502,8 +503,7 @@ def test_train_bad_input(tmp_path):
 
 
 def _damaged(run_file, tmp_path, damage):
-    path = tmp_path / "run.h5"
-    path.write_bytes(run_file.read_bytes())
+    path = copy_of(run_file, tmp_path / "run.h5")
     with h5py.File(path, "r+") as f:
         if damage == "missing attribute":
             del f.attrs["target"]
@@ -577,8 +577,7 @@ def test_soft_link_to_an_external_link_is_refused(tmp_path):
 
 
 def test_run_file_with_a_soft_linked_dataset_is_refused(tmp_path, run_file):
-    path = tmp_path / "run.h5"
-    path.write_bytes(run_file.read_bytes())
+    path = copy_of(run_file, tmp_path / "run.h5")
     with h5py.File(path, "r+") as f:
         f.move("x0", "x0real")
         f["x0"] = h5py.SoftLink("/x0real")
@@ -600,8 +599,7 @@ def test_stale_temporary_symlink_is_not_followed(tmp_path):
 
 
 def test_lock_covers_every_name_of_a_file(tmp_path, run_file):
-    real = tmp_path / "run.h5"
-    real.write_bytes(run_file.read_bytes())
+    real = copy_of(run_file, tmp_path / "run.h5")
     alias = tmp_path / "alias.h5"
     alias.symlink_to(real)
     (tmp_path / "run.h5.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
@@ -684,8 +682,7 @@ def test_corrupted_compressed_npz_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("damage", ["target", "autodiff", "tau"])
 def test_more_damaged_run_files(tmp_path, run_file, damage):
-    path = tmp_path / "run.h5"
-    path.write_bytes(run_file.read_bytes())
+    path = copy_of(run_file, tmp_path / "run.h5")
     with h5py.File(path, "r+") as f:
         if damage == "target":
             f.attrs["target"] = "bogus"
@@ -704,8 +701,7 @@ def test_more_damaged_run_files(tmp_path, run_file, damage):
 
 
 def test_resume_of_a_run_without_batch_size(tmp_path, run_file):
-    path = tmp_path / "run.h5"
-    path.write_bytes(run_file.read_bytes())
+    path = copy_of(run_file, tmp_path / "run.h5")
     with h5py.File(path, "r+") as f:
         del f.attrs["batch_size"]
         f["done"][:, -1] = False
@@ -722,8 +718,7 @@ def test_model_raising_a_base_exception_is_one_line(tmp_path):
 
 
 def test_a_fifo_in_an_output_slot_is_refused_without_waiting(tmp_path, run_file):
-    run = tmp_path / "run.h5"
-    run.write_bytes(run_file.read_bytes())
+    run = copy_of(run_file, tmp_path / "run.h5")
     (tmp_path / "out").mkdir()
     os.mkfifo(tmp_path / "out" / "metrics.json")
     os.mkfifo(tmp_path / "fifo.h5")

@@ -11,7 +11,9 @@ from spectra_cli.main import cli
 
 import spectra
 from spectra.checkpoint import read_checkpoint
-from spectra.train import ResidualMLP, TrainOptions, load_trained, train
+from spectra.models.specs import load_trained
+from spectra.models.trained import ResidualMLP
+from spectra.train import TrainOptions, train
 
 TINY = """kind = "gaussian"
 ambient_dim = 8

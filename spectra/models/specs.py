@@ -11,7 +11,8 @@ Forms:
   sigma(t), predicts the score) or `vp` (called with 999 t, predicts eps); `parameterization`
   overrides the prediction.
 * `diffusers:FOLDER`: a saved diffusers UNet2DModel with its scheduler (spectra.models.diffusers_model).
-* `CK.pt`: a checkpoint written by `spectra train` (spectra.train; read with weights_only=True).
+* `CK.pt`: a checkpoint written by `spectra train` (spectra.checkpoint; read with weights_only=True,
+  its network spectra.models.trained).
 * omitted (None): the shipped demo model.
 
 A `kind = "network"` TOML spec names its factory and may set `interface = "plain" | "edm" |
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from spectra.arrays import load_array
+from spectra.checkpoint import ANALYTIC_KINDS, config_of, data_spec, read_checkpoint
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.models.analytic import (
@@ -44,6 +46,7 @@ from spectra.models.base import ScoreModel
 from spectra.models.diffusers_model import load_diffusers
 from spectra.models.edm import edm_model
 from spectra.models.network import NetworkScoreModel
+from spectra.models.trained import ResidualMLP, TrainedScoreModel, n_parameters
 from spectra.schedules import Schedule
 from spectra.spec_toml import check_keys, manifold_from_table, read_toml, take, variances_of
 from spectra.theory.manifold import eigen_factor, random_orthonormal
@@ -74,8 +77,6 @@ def load_model(
         spec = demo_spec()
     prefix, _, rest = spec.partition(":")
     if spec.endswith(".pt"):
-        from spectra.train import load_trained
-
         _unused(spec, "a spectra train checkpoint", schedule=schedule, parameterization=parameterization)
         model = load_trained(spec, spec)
     elif prefix == "diffusers":
@@ -327,3 +328,29 @@ def _wrap(obj: Any, spec: str, schedule: str | None, parameterization: str | Non
             )
         schedule_obj = Schedule(schedule)
     return NetworkScoreModel(obj, schedule_obj, parameterization, shape=shape, spec=spec)
+
+
+# --- spectra train checkpoints -----------------------------------------------------------------
+def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
+    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution (an
+    inline analytic spec: spectra.checkpoint refuses any other)."""
+    ck = read_checkpoint(path)
+    config = config_of(ck, path)
+    try:
+        sizes = (int(config["network"]["width"]), int(config["network"]["depth"]), int(config["dim"]))
+        require_memory(2 * 8 * n_parameters(*sizes), f"{path}: the network its config declares")
+        net = ResidualMLP(sizes[2], sizes[0], sizes[1])
+        net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
+        schedule = Schedule.from_dict(config["schedule"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
+    # the spec file's name (relative to the checkpoint) only names the data: its kinds read no file
+    named = config.get("data_spec_file")
+    if not isinstance(named, str) or "\0" in named:
+        raise SpectraError(f"{path} is a damaged spectra checkpoint (data_spec_file {named!r})")
+    data = model_from_table(data_spec(ck, path), Path(path).parent / named, kinds=ANALYTIC_KINDS)
+    points = None
+    if "train_points" in ck:
+        points = ck["train_points"].detach().numpy()
+        config = {**config, "n_train_points": int(points.shape[0])}
+    return TrainedScoreModel(net, schedule, config, data, spec, points)

@@ -1,0 +1,2 @@
+"""The pieces of a sweep (`spectra estimate`), each with one job; spectra.estimate puts them in
+order. Layers, one way: options <- inputs <- setup <- resume, runner <- spectra.estimate."""

@@ -1,0 +1,112 @@
+"""The options of `spectra estimate`: what determines a run's values, and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from spectra.errors import SpectraError
+from spectra.jacobian.methods import COMPILABLE, METHODS
+from spectra.models.parameterization import TARGETS
+
+DEFAULT_N_SAMPLES = 8
+DEFAULT_N_TIMES = 20
+DEFAULT_TOPK = 16
+#: options added after the first run files, with the value that those files ran with
+LATER_OPTIONS = {"compile": False}
+#: options a resume compares by the content they lead to (the model's fingerprint, the anchors,
+#: the time grid), not by spelling; the chunk size changes no value at all
+CONTENT_OPTIONS = ("model", "data", "n_samples", "times", "n_times", "t_min", "t_max", "schedule",
+                   "parameterization", "shape", "batch_size")
+#: the largest integer an option may take (run files store them as int64)
+MAX_INT = 2**62
+
+
+@dataclass
+class EstimateOptions:
+    """Everything that determines a run's values (stored in the file as `options`)."""
+
+    model: str | None = None
+    data: str | None = None
+    n_samples: int | None = None
+    times: list[float] | None = None
+    n_times: int = DEFAULT_N_TIMES
+    t_min: float | None = None
+    t_max: float | None = None
+    target: str | None = None
+    method: str = "auto"
+    k: int | None = None
+    tol: float = 1e-6
+    at: str = "clean"
+    step: str = "auto"
+    directions: str = "basis"
+    dtype: str = "float64"
+    device: str = "auto"
+    batch_size: int | None = None
+    seed: int = 0
+    save_points: bool = False
+    schedule: str | None = None
+    parameterization: str | None = None
+    shape: tuple[int, ...] | None = None
+    class_label: int | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        """Defaults that depend on the method: top-k targets the denoiser (its largest values
+        carry the tangent directions, theory.md 2) and keeps 16 values."""
+        if self.target is None:
+            self.target = "denoiser" if self.method == "topk" else "score"
+        if self.k is None and self.method == "topk":
+            self.k = DEFAULT_TOPK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape) if self.shape is not None else None
+        return d
+
+
+def parse_step(step: str) -> str | float:
+    """`auto`, `sigma` or a positive number."""
+    if step in ("auto", "sigma"):
+        return step
+    try:
+        value = float(step)
+    except ValueError:
+        raise SpectraError(f"--step must be auto, sigma or a number, got {step!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise SpectraError(f"--step must be positive, got {step!r}")
+    return value
+
+
+def validate(opts: EstimateOptions) -> None:
+    for field in dataclasses.fields(opts):
+        value = getattr(opts, field.name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_INT:
+            raise SpectraError(f"--{field.name.replace('_', '-')} {value} is too large")
+    if opts.seed < 0:
+        raise SpectraError(f"--seed must be non-negative, got {opts.seed}")
+    if opts.target not in TARGETS:
+        raise SpectraError(f"--target must be one of {', '.join(TARGETS)}")
+    if opts.method not in METHODS:
+        raise SpectraError(f"--method must be one of {', '.join(METHODS)}")
+    if opts.at not in ("clean", "noisy"):
+        raise SpectraError("--at must be clean or noisy")
+    if opts.directions not in ("basis", "haar"):
+        raise SpectraError("--directions must be basis or haar")
+    if opts.dtype not in ("float32", "float64"):
+        raise SpectraError("--dtype must be float32 or float64")
+    if opts.k is not None and opts.k < 1:
+        raise SpectraError(f"--k must be at least 1, got {opts.k}")
+    if not 0 < opts.tol < 1:
+        raise SpectraError(f"--tol must be between 0 and 1, got {opts.tol}")
+    if opts.method == "topk" and opts.directions != "basis":
+        raise SpectraError("--directions haar applies to dense methods, not --method topk")
+    if opts.compile and opts.method not in COMPILABLE:
+        raise SpectraError(f"--compile compiles forward-mode products: it applies to --method "
+                           f"{', '.join(COMPILABLE)}, not {opts.method}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if parse_step(opts.step) != "auto" and opts.method in ("jvp", "vjp", "topk"):
+        raise SpectraError(f"--step applies to finite differences, not --method {opts.method}")
