@@ -1,9 +1,12 @@
-"""Reading TOML spec files (DESIGN.md, "Model specs") without torch: typed lookups with one-line
-errors, variance lists, and the `gaussian` linear-manifold spec that the theory also reads."""
+"""Parsing model specs (DESIGN.md, "Model specs") into plain objects, without torch: every TOML
+spec kind is read here into a `ModelSpec` of numbers, arrays, paths and names (nothing built,
+nothing imported), with typed lookups and one-line errors. spectra.models.specs builds models from
+them; the theory reads the `gaussian` linear manifold directly."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,8 @@ import numpy as np
 
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
-from spectra.theory.manifold import LinearManifold
+from spectra.schedules import Schedule
+from spectra.theory.manifold import LinearManifold, eigen_factor, random_orthonormal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,6 +23,50 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 GAUSSIAN_KEYS = {"kind", "schedule", "ambient_dim", "variances", "variance_groups", "embedding", "seed"}
+#: the kinds of a TOML model spec
+SPEC_KINDS = ("gaussian", "empirical", "gmm", "network")
+#: codebase conventions a factory's bare module can follow (spectra.models.specs)
+INTERFACES = ("plain", "edm", "score_sde")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A `kind = "network"` spec: the factory (a `file.py` path resolved against the spec's
+    folder, or `package.module`, then `:name`), how its module is called, and whether the spec's
+    schedule applies (a `[schedule]` table, or the ve default for a plain module)."""
+
+    factory: str
+    interface: str = "plain"
+    parameterization: str | None = None
+    shape: tuple[int, ...] | None = None
+    own_schedule: bool = True
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """A `kind = "gmm"` spec: a preset by name with its arguments, or explicit components as
+    arrays (weights (K,), means (K, D), bases (K, D, R), eigenvalues (K, R))."""
+
+    preset: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    weights: np.ndarray | None = None
+    means: np.ndarray | None = None
+    bases: np.ndarray | None = None
+    eigenvalues: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed TOML model spec: its kind, schedule, the table as recorded in run files
+    (`config`, with the spec file's path), and the part its kind has."""
+
+    kind: str
+    schedule: Schedule
+    config: dict[str, Any]
+    manifold: LinearManifold | None = None
+    points: Path | None = None
+    mixture: MixtureSpec | None = None
+    network: NetworkSpec | None = None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -97,6 +145,117 @@ def manifold_from_table(table: dict[str, Any], where: str) -> LinearManifold:
         raise
     except ValueError as exc:
         raise SpectraError(f"{where}: {exc}") from None
+
+
+def parse_model_table(table: dict[str, Any], path: Path, kinds: tuple[str, ...] = SPEC_KINDS) -> ModelSpec:
+    """The ModelSpec of a TOML table; `path` names it in errors and anchors relative paths.
+    Only `kinds` are accepted: a table read from a file other than the one the user named (a
+    checkpoint's data spec) passes the inline analytic kinds alone, so it can name no code or
+    path."""
+    where = str(path)
+    kind = take(table, "kind", str, where)
+    if kind not in SPEC_KINDS:
+        raise SpectraError(f"{where}: unknown kind {kind!r} (expected {', '.join(SPEC_KINDS)})")
+    if kind not in kinds:
+        raise SpectraError(f"{where}: kind {kind!r} is not allowed here (only {', '.join(kinds)})")
+    sched = Schedule.from_dict(take(table, "schedule", dict, where, {"name": "ve"}))
+    spec = {"kind": kind, "schedule": sched, "config": {"spec_file": str(path.resolve()), **table}}
+    common = {"kind", "schedule"}
+    if kind == "gaussian":
+        return ModelSpec(**spec, manifold=manifold_from_table(table, where))
+    if kind == "empirical":
+        check_keys(table, common | {"points"}, where)
+        return ModelSpec(**spec, points=path.parent / take(table, "points", str, where))
+    if kind == "gmm":
+        try:
+            return ModelSpec(**spec, mixture=_mixture(table, where))
+        except (ValueError, OverflowError) as exc:  # sizes numpy cannot take (negative, too large)
+            raise SpectraError(f"{where}: {exc}") from None
+    check_keys(table, common | {"factory", "parameterization", "shape", "interface"}, where)
+    factory = take(table, "factory", str, where)
+    interface = take(table, "interface", str, where, "plain")
+    if interface not in INTERFACES:
+        raise SpectraError(f"{where}: unknown interface {interface!r} (expected one of "
+                           f"{', '.join(INTERFACES)})")
+    file_part, _, name = factory.rpartition(":")
+    if file_part.endswith(".py"):
+        factory = f"{path.parent / file_part}:{name}"
+    shape = table.get("shape")
+    # the ve default applies to plain modules; edm and score_sde ones know or need their own
+    return ModelSpec(**spec, network=NetworkSpec(
+        factory, interface, take(table, "parameterization", str, where, None),
+        tuple(shape) if shape else None, "schedule" in table or interface == "plain"))
+
+
+
+def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
+    """The MixtureSpec of a gmm table (its sizes checked against memory first)."""
+    preset = take(table, "preset", str, where, None)
+    dim = take(table, "ambient_dim", int, where)
+    seed = take(table, "seed", int, where, 0)
+    common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
+
+    if dim < 1:
+        raise SpectraError(f"{where}: ambient_dim must be at least 1, got {dim}")
+
+    def sized(components: int, rank: int) -> None:  # means and bases, with room to build them
+        if components < 1 or rank < 0:
+            raise SpectraError(f"{where}: a mixture needs at least one component and ranks >= 0")
+        require_memory(4 * 8 * abs(dim) * max(1, abs(components)) * max(1, abs(rank)),
+                       f"{where}: a mixture of {components} components of rank {rank} in D = {dim}")
+
+    if preset == "molrg":
+        check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
+        sized(take(table, "n_classes", int, where), take(table, "subspace_dim", int, where))
+        return MixtureSpec("molrg", {
+            "ambient_dim": dim, "n_classes": take(table, "n_classes", int, where),
+            "subspace_dim": take(table, "subspace_dim", int, where),
+            "delta": float(take(table, "delta", (int, float), where)), "seed": seed})
+    if preset == "isotropic":
+        check_keys(table, common | {"n_components", "variance", "radius"}, where)
+        sized(take(table, "n_components", int, where), 1)
+        radius = take(table, "radius", (int, float), where, None)
+        return MixtureSpec("isotropic", {
+            "ambient_dim": dim, "n_components": take(table, "n_components", int, where),
+            "variance": float(take(table, "variance", (int, float), where)),
+            "radius": None if radius is None else float(radius), "seed": seed})
+    if preset is not None:
+        raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected molrg or isotropic)")
+    check_keys(table, common | {"components"}, where)
+    comps = take(table, "components", list, where)
+    if not comps:
+        raise SpectraError(f"{where}: a gmm needs at least one [[components]] table")
+    sized(len(comps), 1)
+    rng = np.random.default_rng(seed)
+    weights, means, factors = [], [], []
+    for i, comp in enumerate(comps):
+        cw = f"{where}: components[{i}]"
+        if not isinstance(comp, dict):
+            raise SpectraError(f"{cw} must be a table")
+        check_keys(comp, {"weight", "mean", "variances", "variance_groups", "basis"}, cw)
+        weights.append(float(take(comp, "weight", (int, float), cw, 1.0)))
+        mean = np.asarray(take(comp, "mean", list, cw, [0.0] * dim), dtype=np.float64)
+        if mean.shape != (dim,):
+            raise SpectraError(f"{cw}: mean must have ambient_dim = {dim} entries")
+        variances = variances_of(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
+            else np.zeros(0)
+        sized(1, len(variances))
+        if "basis" in comp:
+            basis = np.asarray(comp["basis"], dtype=np.float64)
+            if basis.shape != (dim, len(variances)):
+                raise SpectraError(f"{cw}: basis must be D x m = {dim} x {len(variances)}")
+        else:
+            basis = random_orthonormal(dim, len(variances), rng)
+        means.append(mean)
+        factors.append(eigen_factor(basis, variances))
+    r = max(len(e) for _, e in factors)
+    sized(len(comps), r)
+    bases = np.zeros((len(comps), dim, r))
+    eig = np.zeros((len(comps), r))
+    for k, (u, e) in enumerate(factors):
+        bases[k, :, : len(e)] = u
+        eig[k, : len(e)] = e
+    return MixtureSpec(weights=np.asarray(weights), means=np.stack(means), bases=bases, eigenvalues=eig)
 
 
 def load_manifold(path: str | Path) -> LinearManifold:

@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from spectra.arrays import load_array
@@ -48,11 +47,13 @@ from spectra.models.edm import edm_model
 from spectra.models.network import NetworkScoreModel
 from spectra.models.trained import ResidualMLP, TrainedScoreModel, n_parameters
 from spectra.schedules import Schedule
-from spectra.spec_toml import check_keys, manifold_from_table, read_toml, take, variances_of
-from spectra.theory.manifold import eigen_factor, random_orthonormal
-
-#: the kinds of a TOML model spec
-SPEC_KINDS = ("gaussian", "empirical", "gmm", "network")
+from spectra.spec_toml import (
+    INTERFACES,
+    SPEC_KINDS,
+    MixtureSpec,
+    parse_model_table,
+    read_toml,
+)
 
 
 def demo_spec() -> str:
@@ -107,61 +108,39 @@ def model_from_table(
     table: dict[str, Any], path: Path, schedule: str | None = None,
     parameterization: str | None = None, shape=None, kinds: tuple[str, ...] = SPEC_KINDS,
 ) -> ScoreModel:
-    """The model of a parsed TOML spec; `path` names it in errors and anchors relative paths.
-    Only `kinds` are accepted: a table read from a file other than the one the user named (a
-    checkpoint's data spec) passes the inline analytic kinds alone, so it can name no code or
-    path."""
-    where = str(path)
-    kind = take(table, "kind", str, where)
-    if kind not in SPEC_KINDS:
-        raise SpectraError(f"{where}: unknown kind {kind!r} (expected {', '.join(SPEC_KINDS)})")
-    if kind not in kinds:
-        raise SpectraError(f"{where}: kind {kind!r} is not allowed here (only {', '.join(kinds)})")
-    if kind != "network":
-        _unused(where, f"an analytic {kind} spec (its [schedule] table sets the schedule)",
+    """The model of a TOML table (parsed by spectra.spec_toml.parse_model_table, which says
+    what `path` and `kinds` do); `schedule`, `parameterization` and `shape` are the CLI's, which
+    only a network spec takes."""
+    spec = parse_model_table(table, path, kinds)
+    sched, config = spec.schedule, spec.config
+    if spec.network is None:
+        _unused(str(path), f"an analytic {spec.kind} spec (its [schedule] table sets the schedule)",
                 schedule=schedule, parameterization=parameterization)
-    sched_table = take(table, "schedule", dict, where, {"name": "ve"})
-    sched = Schedule.from_dict(sched_table)
-    config = {"spec_file": str(path.resolve()), **table}
-    common = {"kind", "schedule"}
-    if kind == "gaussian":
-        manifold = manifold_from_table(table, where)
-        return linear_manifold(
-            manifold.ambient_dim, manifold.variances, sched, manifold.embedding, manifold.seed,
-            config=config,
-        )
-    if kind == "empirical":
-        check_keys(table, common | {"points"}, where)
-        points = load_array(path.parent / take(table, "points", str, where))
-        return empirical(points, sched, config=config)
-    if kind == "gmm":
-        try:
-            return _gmm(table, sched, config, where)
-        except (ValueError, OverflowError) as exc:  # sizes numpy cannot take (negative, too large)
-            raise SpectraError(f"{where}: {exc}") from None
-    if kind == "network":
-        check_keys(table, common | {"factory", "parameterization", "shape", "interface"}, where)
-        factory = take(table, "factory", str, where)
-        interface = take(table, "interface", str, where, "plain")
-        if interface not in INTERFACES:
-            raise SpectraError(
-                f"{where}: unknown interface {interface!r} (expected one of {', '.join(INTERFACES)})"
-            )
-        file_part, _, name = factory.rpartition(":")
-        if file_part.endswith(".py"):
-            factory = f"{path.parent / file_part}:{name}"
-        toml_shape = table.get("shape")
-        # the ve default applies to plain modules; edm and score_sde ones know or need their own
-        own = "schedule" in table or interface == "plain"
-        return _from_factory(
-            factory,
-            schedule or (sched.name if own else None),
-            parameterization or take(table, "parameterization", str, where, None),
-            shape or (tuple(toml_shape) if toml_shape else None),
-            schedule_obj=sched if schedule is None and own else None,
-            interface=interface,
-        )
-    raise AssertionError(f"spec kind {kind!r} has no reader")
+    if spec.manifold is not None:
+        m = spec.manifold
+        return linear_manifold(m.ambient_dim, m.variances, sched, m.embedding, m.seed, config=config)
+    if spec.points is not None:
+        return empirical(load_array(spec.points), sched, config=config)
+    if spec.mixture is not None:
+        return _mixture_model(spec.mixture, sched, config)
+    net = spec.network
+    return _from_factory(
+        net.factory,
+        schedule or (sched.name if net.own_schedule else None),
+        parameterization or net.parameterization,
+        shape or net.shape,
+        schedule_obj=sched if schedule is None and net.own_schedule else None,
+        interface=net.interface,
+    )
+
+
+def _mixture_model(mix: MixtureSpec, sched: Schedule, config: dict[str, Any]) -> GaussianMixture:
+    """The GaussianMixture of a parsed gmm spec: a preset's builder, or its components."""
+    if mix.preset == "molrg":
+        return molrg(schedule=sched, config=config, **mix.arguments)
+    if mix.preset == "isotropic":
+        return isotropic_gmm(schedule=sched, config=config, **mix.arguments)
+    return GaussianMixture(mix.weights, mix.means, mix.bases, mix.eigenvalues, sched, config=config)
 
 
 def _unused(spec: str, what: str, **options: str | None) -> None:
@@ -170,80 +149,6 @@ def _unused(spec: str, what: str, **options: str | None) -> None:
     if given:
         verb = "do" if len(given) > 1 else "does"
         raise SpectraError(f"{' and '.join(given)} {verb} not apply to {spec}: {what}")
-
-
-def _gmm(table: dict[str, Any], sched: Schedule, config: dict, where: str) -> GaussianMixture:
-    preset = take(table, "preset", str, where, None)
-    dim = take(table, "ambient_dim", int, where)
-    seed = take(table, "seed", int, where, 0)
-    common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
-
-    if dim < 1:
-        raise SpectraError(f"{where}: ambient_dim must be at least 1, got {dim}")
-
-    def sized(components: int, rank: int) -> None:  # means and bases, with room to build them
-        if components < 1 or rank < 0:
-            raise SpectraError(f"{where}: a mixture needs at least one component and ranks >= 0")
-        require_memory(4 * 8 * abs(dim) * max(1, abs(components)) * max(1, abs(rank)),
-                       f"{where}: a mixture of {components} components of rank {rank} in D = {dim}")
-
-    if preset == "molrg":
-        check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
-        sized(take(table, "n_classes", int, where), take(table, "subspace_dim", int, where))
-        return molrg(
-            dim,
-            take(table, "n_classes", int, where),
-            take(table, "subspace_dim", int, where),
-            float(take(table, "delta", (int, float), where)),
-            sched, seed=seed, config=config,
-        )
-    if preset == "isotropic":
-        check_keys(table, common | {"n_components", "variance", "radius"}, where)
-        sized(take(table, "n_components", int, where), 1)
-        radius = take(table, "radius", (int, float), where, None)
-        return isotropic_gmm(
-            dim,
-            take(table, "n_components", int, where),
-            float(take(table, "variance", (int, float), where)),
-            sched, radius=None if radius is None else float(radius), seed=seed, config=config,
-        )
-    if preset is not None:
-        raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected molrg or isotropic)")
-    check_keys(table, common | {"components"}, where)
-    comps = take(table, "components", list, where)
-    if not comps:
-        raise SpectraError(f"{where}: a gmm needs at least one [[components]] table")
-    sized(len(comps), 1)
-    rng = np.random.default_rng(seed)
-    weights, means, factors = [], [], []
-    for i, comp in enumerate(comps):
-        cw = f"{where}: components[{i}]"
-        if not isinstance(comp, dict):
-            raise SpectraError(f"{cw} must be a table")
-        check_keys(comp, {"weight", "mean", "variances", "variance_groups", "basis"}, cw)
-        weights.append(float(take(comp, "weight", (int, float), cw, 1.0)))
-        mean = np.asarray(take(comp, "mean", list, cw, [0.0] * dim), dtype=np.float64)
-        if mean.shape != (dim,):
-            raise SpectraError(f"{cw}: mean must have ambient_dim = {dim} entries")
-        variances = variances_of(comp, cw) if ("variances" in comp or "variance_groups" in comp) \
-            else np.zeros(0)
-        sized(1, len(variances))
-        if "basis" in comp:
-            basis = np.asarray(comp["basis"], dtype=np.float64)
-            if basis.shape != (dim, len(variances)):
-                raise SpectraError(f"{cw}: basis must be D x m = {dim} x {len(variances)}")
-        else:
-            basis = random_orthonormal(dim, len(variances), rng)
-        means.append(mean)
-        factors.append(eigen_factor(basis, variances))
-    r = max(len(e) for _, e in factors)
-    sized(len(comps), r)
-    bases = np.zeros((len(comps), dim, r))
-    eig = np.zeros((len(comps), r))
-    for k, (u, e) in enumerate(factors):
-        bases[k, :, : len(e)] = u
-        eig[k, : len(e)] = e
-    return GaussianMixture(np.asarray(weights), np.stack(means), bases, eig, sched, config=config)
 
 
 # --- factories ------------------------------------------------------------------------------
@@ -273,8 +178,6 @@ def _import_factory(spec: str):
     return factory
 
 
-#: codebase conventions a factory's bare module can follow (module docstring)
-INTERFACES = ("plain", "edm", "score_sde")
 #: score_sde: (time label, native prediction) per schedule
 _SCORE_SDE = {"ve": ("sigma", "score"), "vp": ("999t", "eps")}
 

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from spectra import analysis, hdf5, plot, store
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 from spectra.limits import require_memory
 from spectra.lock import locked
 from spectra.outputs import check_folder, check_replaceable
@@ -262,7 +262,10 @@ def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str
                 continue
             if not isinstance(src.get(name, getlink=True), h5py.HardLink):
                 raise SpectraError(f"{run}: {name!r} is a link; spectra copies only the run's own objects")
-            src.copy(src[name], dst, name=name)
+            try:
+                src.copy(src[name], dst, name=name)
+            except RuntimeError as exc:  # HDF5 reading damaged metadata (write errors are OSErrors)
+                raise SpectraError(f"{run} is a damaged HDF5 file: {first_line(exc)}") from None
         group = dst.create_group("theory")
         for name, arr in arrays.items():
             group.create_dataset(name, data=arr)
