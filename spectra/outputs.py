@@ -48,11 +48,24 @@ def check_folder(path: str | Path) -> Path:
     return path
 
 
+#: how the files spectra writes under temporary names begin: HDF5 (runs, theory files) and zip
+#: (torch.save checkpoints)
+_OWN_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04")
+
+
 def clear_stale(tmp: Path) -> None:
-    """Remove a temporary file left by a writer that died; refuse anything else in its place.
-    Called with the output's lock held, so no live spectra process owns `tmp`."""
+    """Remove a temporary file left by a writer that died (empty, or HDF5 or zip as spectra
+    writes them); refuse anything else in its place, which is someone else's. Called with the
+    output's lock held, so no live spectra process owns `tmp`."""
     if tmp.is_symlink() or (tmp.exists() and not tmp.is_file()):
         raise SpectraError(f"{tmp} is in the way of spectra's temporary file: remove it")
+    if not tmp.exists():
+        return
+    with tmp.open("rb") as fh:
+        head = fh.read(8)
+    if head and not head.startswith(_OWN_SIGNATURES):
+        raise SpectraError(f"{tmp} is in the way of spectra's temporary file and is not one spectra "
+                           "left: move it")
     tmp.unlink(missing_ok=True)
 
 

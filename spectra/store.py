@@ -23,6 +23,7 @@ import numpy as np
 from spectra import hdf5
 from spectra.errors import SpectraError
 from spectra.outputs import clear_stale
+from spectra.schedules import Schedule
 
 FORMAT = "spectra-trajectory"
 FORMAT_VERSION = 1
@@ -46,7 +47,7 @@ def _encode(value: Any) -> Any:
 
 def _decode(value: Any) -> Any:
     if isinstance(value, bytes):
-        value = value.decode()
+        value = value.decode("utf-8", errors="replace")  # a damaged string still reads
     if isinstance(value, np.generic):
         value = value.item()
     return value
@@ -104,6 +105,12 @@ def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
     if t.ndim != 1 or x0.ndim < 2:
         raise SpectraError(f"{path} is a damaged run file (t has shape {t.shape}, x0 {x0.shape})")
     n, nt = x0.shape[0], t.shape[0]
+    if n == 0 or nt == 0:
+        raise SpectraError(f"{path} is a damaged run file ({n} anchors and {nt} times)")
+    try:
+        Schedule.from_dict(json.loads(_decode(f.attrs["schedule"]) or "{}"))
+    except SpectraError as exc:
+        raise SpectraError(f"{path} is a damaged run file (schedule: {exc})") from None
     k = None  # any number of values
     required = {name: (nt,) for name in ("t", "alpha", "sigma", "tau")}
     required.update({name: (n, nt, k) for name in VALUE_DATASETS[:2]})

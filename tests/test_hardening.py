@@ -45,6 +45,11 @@ def assert_refused(res, *fragments):
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def spectra_lock(pid, **extra):
+    """The JSON of a spectra lock owned by `pid` on this host."""
+    return json.dumps({"owner": "spectra", "host": socket.gethostname(), "pid": pid, **extra})
+
+
 def copy_of(run_file, path):
     """A copy of the module's run file at `path`, to damage or to protect."""
     path.write_bytes(run_file.read_bytes())
@@ -298,7 +303,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, run_file):
     out = tmp_path / "run.h5"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    (tmp_path / "run.h5.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead)}))
+    (tmp_path / "run.h5.lock").write_text(spectra_lock(int(dead)))
     res = invoke("estimate", "--model", spec(tmp_path), "--out", out, *SMALL)
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "run.h5.lock").exists()
@@ -306,8 +311,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, run_file):
 
 def test_live_lock_is_respected(tmp_path, run_file):
     out = copy_of(run_file, tmp_path / "run.h5")
-    lock = {"host": socket.gethostname(), "pid": os.getppid(), "command": "spectra estimate"}
-    (tmp_path / "run.h5.lock").write_text(json.dumps(lock))
+    (tmp_path / "run.h5.lock").write_text(spectra_lock(os.getppid(), command="spectra estimate"))
     before = digest(out)
     assert_refused(invoke("estimate", "--model", spec(tmp_path), "--out", out, "--overwrite", *SMALL),
                    "in use")
@@ -447,7 +451,10 @@ def test_output_folder_problems(tmp_path):
     assert_refused(invoke("estimate", "--model", m, "--out", tmp_path / "r.h5", *SMALL), "in the way")
     assert not (tmp_path / "r.h5").exists()
     stale.rmdir()
-    stale.write_text("left by a killed run")  # a stale temporary file is simply replaced
+    stale.write_text("someone's notes")  # not a file spectra writes: kept, and named
+    assert_refused(invoke("estimate", "--model", m, "--out", tmp_path / "r.h5", *SMALL), "not one spectra")
+    assert stale.read_text() == "someone's notes"
+    stale.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # what a run killed mid-creation leaves
     assert invoke("estimate", "--model", m, "--out", tmp_path / "r.h5", *SMALL).exit_code == 0
 
 
@@ -602,7 +609,7 @@ def test_lock_covers_every_name_of_a_file(tmp_path, run_file):
     real = copy_of(run_file, tmp_path / "run.h5")
     alias = tmp_path / "alias.h5"
     alias.symlink_to(real)
-    (tmp_path / "run.h5.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    (tmp_path / "run.h5.lock").write_text(spectra_lock(os.getppid()))
     before = digest(real)
     assert_refused(invoke("estimate", "--model", spec(tmp_path), "--out", alias, "--overwrite", *SMALL),
                    "in use")
@@ -613,7 +620,7 @@ def test_a_stale_lock_is_taken_over_once(tmp_path):
     from spectra.lock import _holder, _take_over, lock_path
 
     lock = lock_path(tmp_path / "run.h5")
-    stale = {"host": socket.gethostname(), "pid": 2**22 + 12345}
+    stale = {"owner": "spectra", "host": socket.gethostname(), "pid": 2**22 + 12345}
     lock.write_text(json.dumps(stale))
     judged = _holder(lock)
     assert _take_over(lock, judged)  # the first process replaces the stale owner with itself
@@ -749,3 +756,36 @@ def test_options_the_model_would_ignore_are_refused(tmp_path, args):
     args = [str(spec(tmp_path)) if a == "SPEC" else a for a in args]
     assert_refused(invoke("estimate", "--out", tmp_path / "r.h5", *SMALL, *args), "not")
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_a_foreign_file_at_the_lock_name_is_never_removed(tmp_path):
+    foreign = tmp_path / "Cargo.lock"
+    foreign.write_text("another tool's lock file")
+    os.utime(foreign, (time.time() - 7200, time.time() - 7200))
+    res = invoke("estimate", "--model", spec(tmp_path), "--out", tmp_path / "Cargo", *SMALL)
+    assert_refused(res, "not a spectra lock")
+    assert foreign.read_text() == "another tool's lock file"
+
+
+@pytest.mark.parametrize("damage", ["undecodable attribute", "no times", "schedule constant"])
+def test_third_round_of_damaged_run_files(tmp_path, run_file, damage):
+    path = copy_of(run_file, tmp_path / "run.h5")
+    with h5py.File(path, "r+") as f:
+        if damage == "undecodable attribute":
+            f.attrs["method_used"] = np.bytes_(b"\xff\xfe")
+        elif damage == "schedule constant":
+            f.attrs["schedule"] = '{"name": "nope", "sigma_min": "x"}'
+        else:
+            for name in list(f):
+                shape = f[name].shape
+                if len(shape) == 1 or (len(shape) >= 2 and name != "x0"):
+                    del f[name]
+                    empty = (0,) if len(shape) == 1 else (shape[0], 0, *shape[2:])
+                    f.create_dataset(name, shape=empty, dtype=bool if name == "done" else "f8")
+    before = digest(path)
+    res = invoke("info", path)
+    if damage == "undecodable attribute":
+        assert res.exit_code == 0 and "\ufffd" in res.output, res.output  # a damaged string still reads
+    else:
+        assert_refused(res, "damaged")
+        assert digest(path) == before
