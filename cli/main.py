@@ -21,9 +21,10 @@ from spectra.jacobian.methods import METHODS
 from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
 from spectra.schedules import SCHEDULE_NAMES
 from spectra.studies.phases import DEFAULT_RESOLUTION, compare, plot_run, theory_file
+from spectra.sweep.options import MAX_INT
 
-#: seeds: non-negative and stored as int64
-SEED = click.IntRange(0, 2**63 - 1)
+#: seeds: non-negative, below the bound of every integer option (spectra.sweep.options.MAX_INT)
+SEED = click.IntRange(0, MAX_INT - 1)
 
 
 class SpectraGroup(click.Group):

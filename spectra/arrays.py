@@ -47,10 +47,11 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> np.ndarray:
-    """One array of an .npz archive: its header read first and checked against the member's
-    uncompressed length and the memory."""
+    """One array of an .npz archive (named as np.load names them: the member's name less
+    `.npy`): its header read first and checked against the member's uncompressed length and the
+    memory, then the array read from the same member."""
     with zipfile.ZipFile(path) as archive:
-        members = {Path(i.filename).stem: i for i in archive.infolist() if i.filename.endswith(".npy")}
+        members = {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
         if not members:
             raise SpectraError(f"{path} holds no array")
         name = _pick(list(members), path)
@@ -58,14 +59,19 @@ def _read_npz(path: Path) -> np.ndarray:
             version = np.lib.format.read_magic(fh)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(fh)
-        declared = _declared(shape, dtype)
-        if declared > members[name].file_size:
-            raise SpectraError(f"{path}: array {name!r} declares shape {shape} but holds "
-                               f"{members[name].file_size} bytes (a damaged file)")
-        require_memory(declared, f"{path}: array {name!r} of shape {shape}")
-    with np.load(path, allow_pickle=False) as z:
-        return z[name]
+            shape, fortran, dtype = read_header(fh)
+            declared = _declared(shape, dtype)
+            if declared > members[name].file_size:
+                raise SpectraError(f"{path}: array {name!r} declares shape {shape} but holds "
+                                   f"{members[name].file_size} bytes (a damaged file)")
+            require_memory(declared, f"{path}: array {name!r} of shape {shape}")
+            if dtype.hasobject:
+                raise SpectraError(f"{path}: array {name!r} holds Python objects (pickles are not read)")
+            data = fh.read(int(declared))
+        if len(data) != declared:
+            raise SpectraError(f"{path}: array {name!r} is truncated (a damaged file)")
+        arr = np.frombuffer(data, dtype=dtype)
+        return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 def _read_h5(path: Path) -> np.ndarray:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from spectra.errors import SpectraError, first_line
 
-#: seconds the rendezvous (and every exchange before the sweep) waits for a missing peer
+#: seconds the rendezvous waits for a missing peer
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 #: ranks with fewer chunks wait at the final barrier for the others: no practical time limit
 _SWEEP_TIMEOUT = datetime.timedelta(days=30)
@@ -58,7 +58,7 @@ class Sweep:
                 raise SpectraError(error)
             return
         outcomes: list[str | None] = [None] * self.world
-        dist.all_gather_object(outcomes, error)
+        dist.all_gather_object(outcomes, error, group=_sweep_group)
         failed = [e for e in outcomes if e is not None]
         if failed:
             raise SpectraError(failed[0])

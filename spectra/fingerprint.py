@@ -28,8 +28,13 @@ from spectra.models.base import ScoreModel
 
 
 def _update_array(h: Any, name: str, value: np.ndarray | torch.Tensor) -> None:
-    arr = value.detach().cpu().contiguous().numpy() if isinstance(value, torch.Tensor) else value
-    arr = np.ascontiguousarray(arr)
+    """Hash a name, dtype, shape and the raw bytes (any dtype torch has: bfloat16, float8, ...)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return
+    arr = np.ascontiguousarray(value)
     h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
     h.update(arr.tobytes())
 

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import json
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from typing import Any
 from spectra.errors import SpectraError
 
 SUFFIX = ".lock"
+#: the longest name the lock adds to a file's: LOCK.takeover, or LOCK.<8 hex digits> while created
+LONGEST_SUFFIX = len(SUFFIX + ".takeover")
 #: what marks a lock file as spectra's own
 OWNER = "spectra"
 
@@ -83,7 +86,7 @@ def _create(lock: Path) -> bool:
     half-written lock); where the file system has no hard links, O_EXCL creates it."""
     owner = {"owner": OWNER, "host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(sys.argv),
              "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    private = lock.with_name(f"{lock.name}.{socket.gethostname()}.{os.getpid()}")
+    private = lock.with_name(f"{lock.name}.{secrets.token_hex(4)}")
     private.write_text(json.dumps(owner))
     try:
         os.link(private, lock)

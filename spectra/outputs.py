@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spectra.errors import SpectraError
-from spectra.lock import SUFFIX
+from spectra.lock import LONGEST_SUFFIX
 
 #: the longest suffix a writer adds to an output's name (compare-theory's temporary copy)
 _LONGEST_SUFFIX = ".theory.tmp"
@@ -35,10 +35,10 @@ def check_folder(path: str | Path) -> Path:
         name_max = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         name_max = 255
-    longest = len(path.name.encode()) + max(len(_LONGEST_SUFFIX), len(SUFFIX))
+    longest = len(path.name.encode()) + max(len(_LONGEST_SUFFIX), LONGEST_SUFFIX)
     if longest > name_max:
         raise SpectraError(f"output name too long: {path.name[:40]}... ({len(path.name.encode())} "
-                           f"bytes; this file system takes {name_max - len(_LONGEST_SUFFIX)})")
+                           f"bytes; this file system takes {name_max - (longest - len(path.name.encode()))})")
     probe = folder / f".spectra-write-test-{os.getpid()}"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

@@ -206,17 +206,18 @@ def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
 
     if preset == "molrg":
         check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
-        sized(take(table, "n_classes", int, where), take(table, "subspace_dim", int, where))
+        classes, rank = take(table, "n_classes", int, where), take(table, "subspace_dim", int, where)
+        sized(classes, rank)
         return MixtureSpec("molrg", {
-            "ambient_dim": dim, "n_classes": take(table, "n_classes", int, where),
-            "subspace_dim": take(table, "subspace_dim", int, where),
+            "ambient_dim": dim, "n_classes": classes, "subspace_dim": rank,
             "delta": float(take(table, "delta", (int, float), where)), "seed": seed})
     if preset == "isotropic":
         check_keys(table, common | {"n_components", "variance", "radius"}, where)
-        sized(take(table, "n_components", int, where), 1)
+        components = take(table, "n_components", int, where)
+        sized(components, 1)
         radius = take(table, "radius", (int, float), where, None)
         return MixtureSpec("isotropic", {
-            "ambient_dim": dim, "n_components": take(table, "n_components", int, where),
+            "ambient_dim": dim, "n_components": components,
             "variance": float(take(table, "variance", (int, float), where)),
             "radius": None if radius is None else float(radius), "seed": seed})
     if preset is not None:

@@ -31,7 +31,7 @@ import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from spectra.checkpoint import read_checkpoint, write_checkpoint
+from spectra.checkpoint import ANALYTIC_KINDS, config_of, read_checkpoint, write_checkpoint
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.lock import locked
@@ -73,8 +73,8 @@ def _validate(opts: TrainOptions) -> None:
         raise SpectraError(f"--ema must be in [0, 1), got {opts.ema}")
     if not opts.lr > 0:
         raise SpectraError(f"--lr must be positive, got {opts.lr}")
-    if not 0 <= opts.seed < 2**63:
-        raise SpectraError(f"--seed must be in [0, 2^63), got {opts.seed}")
+    if not 0 <= opts.seed < 2**62:
+        raise SpectraError(f"--seed must be in [0, 2^62), got {opts.seed}")
     if opts.checkpoint_every < 1:
         raise SpectraError(f"--checkpoint-every must be at least 1, got {opts.checkpoint_every}")
     if max(opts.steps, opts.width, opts.depth, opts.batch_size, opts.n_train or 0) >= 2**62:
@@ -101,8 +101,8 @@ def _data_model(opts: TrainOptions) -> tuple[ScoreModel, dict[str, Any]]:
     if not Path(opts.data).is_file():
         raise SpectraError(f"data spec not found: {opts.data}")
     table = read_toml(Path(opts.data))
-    if table.get("kind") not in ("gaussian", "gmm"):
-        raise SpectraError(f"{opts.data}: training data must be kind gaussian or gmm")
+    if table.get("kind") not in ANALYTIC_KINDS:
+        raise SpectraError(f"{opts.data}: training data must be kind {' or '.join(ANALYTIC_KINDS)}")
     model = model_from_table(table, Path(opts.data))
     if model.shape is None or len(model.shape) != 1:
         raise SpectraError(f"{opts.data}: training needs flat samples")
@@ -128,7 +128,6 @@ def build_config(opts: TrainOptions, out: Path) -> tuple[dict[str, Any], ScoreMo
     """(config, data model, training points or None) of a new training run whose checkpoint is
     `out`; the data spec's path is stored relative to the checkpoint's folder, so the two can move
     together (as the shipped demo does)."""
-    _validate(opts)
     data, table = _data_model(opts)
     _check_sizes(opts, int(data.shape[0]))
     schedule = _schedule(opts, table)
@@ -189,7 +188,9 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
         ck = read_checkpoint(out)
         if "model" not in ck or "optimizer" not in ck:
             raise SpectraError(f"cannot resume {out}: it was written with --slim (EMA weights only)")
-        old = json.loads(ck["config"])
+        old = config_of(ck, out)
+        if not isinstance(old.get("options"), dict):
+            raise SpectraError(f"{out} is a damaged spectra checkpoint (no options)")
         # steps and checkpoint_every never change the weights of a given step; the data is
         # compared by its spec's content, so the same spec named by another path resumes
         free = ("steps", "checkpoint_every", "data")

@@ -789,3 +789,37 @@ def test_third_round_of_damaged_run_files(tmp_path, run_file, damage):
     else:
         assert_refused(res, "damaged")
         assert digest(path) == before
+
+
+def test_a_file_without_fingerprints_compares_its_model_by_name(partial_run):
+    folder, model, data, out = partial_run
+    with h5py.File(out, "r+") as f:
+        del f.attrs["fingerprints"]  # as every file written before them
+    other = folder / "other.toml"
+    other.write_text(GAUSS.format(seed=0).replace("0.5", "0.25"))
+    before = digest(out)
+    assert_refused(_resume(out, other, data), "options differ", "model")
+    assert digest(out) == before
+    assert _resume(out, model, data).exit_code == 0 and spectra.load(out).complete
+
+
+def test_a_bfloat16_model_is_fingerprinted(tmp_path):
+    res = invoke("estimate", "--model", f"{NETS}:bfloat16", "--schedule", "ve", "--parameterization", "eps",
+                 "--data", "noise", "--out", tmp_path / "r.h5", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(spectra.load(tmp_path / "r.h5").attrs["fingerprints"])["model"]) == 64
+
+
+def test_an_npz_member_in_a_folder_is_read(tmp_path):
+    import io
+    import zipfile
+
+    x = np.random.default_rng(3).standard_normal((2, 6))
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
+        archive.writestr("sub/x.npy", buffer.getvalue())
+    out = tmp_path / "r.h5"
+    res = invoke("estimate", "--model", spec(tmp_path), "--data", tmp_path / "x.npz", "--out", out, *SMALL)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(spectra.load(out)["x0"], x)

@@ -76,10 +76,11 @@ def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
         config = json.loads(traj.attrs.get("model_config") or "{}")
     except json.JSONDecodeError:
         config = {}
-    kind = config.get("kind")
+    kind = config.get("kind") if isinstance(config, dict) else None
     if kind == "trained":  # a `spectra train` network: the theory of the data it learned
-        config = config.get("train", {}).get("data_spec", {})
-        kind = config.get("kind")
+        train = config.get("train")
+        config = train.get("data_spec") if isinstance(train, dict) else None
+        kind = config.get("kind") if isinstance(config, dict) else None
     if kind == "gaussian":
         table = {k: v for k, v in config.items() if k != "spec_file"}
         return LinearTheory.from_manifold(manifold_from_table(table, f"{traj.path} model_config"))
@@ -285,15 +286,23 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
         raise SpectraError("--n-tau must be at least 1 and --n-grid at least 2")
     require_memory(3 * 8 * n_tau * n_grid, f"--n-tau {n_tau} x --n-grid {n_grid} densities")
     out = check_folder(out)
-    if out.exists() and not overwrite:
-        raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
-    check_replaceable(out, _own_theory_file, "spectra theory file")
     theory = LinearTheory.from_manifold(load_manifold(manifold))
     require_memory(4 * 8 * n_tau * (theory.ambient_dim + n_grid),
                    f"--n-tau {n_tau} predictions at D = {theory.ambient_dim}")
     tau = np.geomspace(tau_min, tau_max, n_tau)
     grid = density_grid(n_grid)
-    with locked(out), store.atomic_h5(out) as f:
+    with locked(out):
+        if out.exists() and not overwrite:
+            raise SpectraError(f"{out} exists (pass --overwrite to replace it)")
+        check_replaceable(out, _own_theory_file, "spectra theory file")
+        _write_theory(out, manifold, delta, theory, tau, grid)
+    return out
+
+
+def _write_theory(out: Path, manifold: str, delta: float, theory: LinearTheory, tau: np.ndarray,
+                  grid: np.ndarray) -> None:
+    """The theory file's datasets and attributes, written atomically."""
+    with store.atomic_h5(out) as f:
         f.attrs.update({"format": THEORY_FORMAT, "format_version": 1, "manifold": str(manifold),
                         "resolution": delta, "phases": json.dumps(theory.phases(delta)),
                         "description": json.dumps(theory.description)})
@@ -302,7 +311,6 @@ def theory_file(manifold: str, out: str | Path, tau_min: float = 1e-4, tau_max: 
         f["density_grid"] = grid
         f["density"] = theory.density(tau, grid)
         f["atom"] = theory.atom(tau)
-    return out
 
 
 def _own_theory_file(path: Path) -> None:

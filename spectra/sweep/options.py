@@ -20,6 +20,8 @@ LATER_OPTIONS = {"compile": False}
 #: the time grid), not by spelling; the chunk size changes no value at all
 CONTENT_OPTIONS = ("model", "data", "n_samples", "times", "n_times", "t_min", "t_max", "schedule",
                    "parameterization", "shape", "batch_size")
+#: those of them that name the model (compared by its fingerprint)
+MODEL_OPTIONS = ("model", "schedule", "parameterization", "shape")
 #: the largest integer an option may take (run files store them as int64)
 MAX_INT = 2**62
 

@@ -15,7 +15,7 @@ import torch
 
 from spectra import distributed, hdf5, store
 from spectra.errors import SpectraError
-from spectra.sweep.options import CONTENT_OPTIONS, LATER_OPTIONS, EstimateOptions
+from spectra.sweep.options import CONTENT_OPTIONS, LATER_OPTIONS, MODEL_OPTIONS, EstimateOptions
 from spectra.sweep.setup import Setup, block_size, topk_tolerance
 from spectra.version import __version__
 
@@ -32,12 +32,16 @@ def run_attrs(path: Path) -> dict[str, Any]:
 
 def check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
     """The existing file's attributes, if it is a run with the same options. Options that lead
-    to content (`CONTENT_OPTIONS`) are compared by that content in `_check_content`, so the same
-    spec named from another folder, or a default spelled out, resumes."""
+    to content (`CONTENT_OPTIONS`) are compared by that content in `check_content`, so the same
+    spec named from another folder, or a default spelled out, resumes; in a file without a model
+    fingerprint (written before them) the options naming the model are still compared by value."""
     attrs = run_attrs(path)
     old = {**LATER_OPTIONS, **json.loads(attrs.get("options") or "{}")}
     new = opts.to_dict()
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in CONTENT_OPTIONS]
+    # a file from before fingerprints cannot compare its model by content: by value, as then
+    by_content = CONTENT_OPTIONS if "model" in json.loads(attrs.get("fingerprints") or "{}") \
+        else tuple(k for k in CONTENT_OPTIONS if k not in MODEL_OPTIONS)
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in by_content]
     if diff:
         parts = ", ".join(f"{k} ({old.get(k)!r} in the file, {new.get(k)!r} now)" for k in diff)
         raise SpectraError(f"cannot resume {path}: options differ: {parts}")

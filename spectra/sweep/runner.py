@@ -112,7 +112,7 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
     with store.TrajectoryWriter(target) as writer:
         done = writer.done
         bar = tqdm(total=done.size, initial=int(done.sum()), disable=not progress or None, unit="jac",
-                   desc="spectra topk" if strategy.replays else "spectra", leave=False)
+                   desc="spectra topk" if setup.path.method == "topk" else "spectra", leave=False)
         for start in range(0, n, chunk):
             idx = np.arange(start, min(start + chunk, n))
             if not sweep.owns(start // chunk) or done[idx].all():
@@ -125,7 +125,7 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
                 points = points_at(setup.x0_t[idx], opts, float(setup.alpha[ti]), float(setup.sigma[ti]),
                                    idx, ti)
                 tick = time.perf_counter()
-                values = _values(strategy, points, float(t), ti, idx, setup.batch_size)
+                values = _values(strategy, points, float(t), ti, idx)
                 seconds = (time.perf_counter() - tick) / len(idx)
                 if not todo.any():
                     continue
@@ -141,8 +141,8 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
     strategy.finish()
 
 
-def _values(strategy: Dense | TopK, points: torch.Tensor, t: float, ti: int, idx: np.ndarray,
-            batch_size: int) -> dict[str, np.ndarray]:
+def _values(strategy: Dense | TopK, points: torch.Tensor, t: float, ti: int, idx: np.ndarray
+            ) -> dict[str, np.ndarray]:
     """The strategy's values at one time, with failures of the model turned into one line (the
     preflight checked the model's values; only its Jacobians remain)."""
     try:
@@ -150,9 +150,9 @@ def _values(strategy: Dense | TopK, points: torch.Tensor, t: float, ti: int, idx
     except SpectraError:
         raise
     except torch.cuda.OutOfMemoryError:
-        raise SpectraError(oom_message(t, batch_size)) from None
+        raise SpectraError(oom_message(t, strategy.setup.batch_size)) from None
     except Exception as exc:  # the model lacks forward- or reverse-mode AD
-        method = "topk" if strategy.replays else strategy.setup.path.method
+        method = strategy.setup.path.method
         raise SpectraError(f"method {method} failed on the model at t={t:g}: {type(exc).__name__}: "
                            f"{first_line(exc)} {strategy.failure}") from exc
 

@@ -165,3 +165,8 @@ class Interrupts(TinyNet):
 
 def interrupts():
     return Interrupts()
+
+
+def bfloat16():
+    """TinyNet stored in bfloat16, as checkpoints of large models often are."""
+    return TinyNet().to(torch.bfloat16)
