@@ -28,7 +28,7 @@ from spectra.sweep.resume import (
     check_resumable,
     create_run,
     file_bytes,
-    reopen_unfinished,
+    prepare_resume,
     run_attrs,
     settle_shards,
 )
@@ -95,10 +95,7 @@ def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: 
     if sweep.rank == 0 and old_attrs is None:
         create_run(out, opts, setup, command)
     elif sweep.rank == 0:
-        reopen_unfinished(out)
-        if setup.batch_size != old_attrs.get("batch_size"):
-            with store.TrajectoryWriter(out) as writer:  # resumed with a new --batch-size
-                writer.set_attrs(batch_size=setup.batch_size)
+        prepare_resume(out, setup.batch_size)
     sweep.barrier()
     target = out
     if sweep.world > 1:  # every rank takes rank 0's chunk size and path, then fills its shard

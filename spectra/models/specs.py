@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from spectra.arrays import load_array
-from spectra.checkpoint import ANALYTIC_KINDS, config_of, data_spec, read_checkpoint
+from spectra.checkpoint import ANALYTIC_KINDS, config_of, read_checkpoint
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.models.analytic import (
@@ -251,7 +251,8 @@ def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
     named = config.get("data_spec_file")
     if not isinstance(named, str) or "\0" in named:
         raise SpectraError(f"{path} is a damaged spectra checkpoint (data_spec_file {named!r})")
-    data = model_from_table(data_spec(ck, path), Path(path).parent / named, kinds=ANALYTIC_KINDS)
+    # read_checkpoint refused any other data kind; the build is held to the same kinds again
+    data = model_from_table(config["data_spec"], Path(path).parent / named, kinds=ANALYTIC_KINDS)
     points = None
     if "train_points" in ck:
         points = ck["train_points"].detach().numpy()

@@ -75,11 +75,15 @@ def check_content(path: Path, old_attrs: dict[str, Any], fingerprints: dict[str,
                                "first anchor (the model changed)")
 
 
-def reopen_unfinished(path: Path) -> None:
-    """Clear `done` where a resumed file holds non-finite singular values (a damaged file), so
-    those Jacobians are computed again; says how many."""
-    with store.TrajectoryWriter(path) as writer, hdf5.damaged(path):
-        count = writer.reopen_nonfinite()
+def prepare_resume(path: Path, batch_size: int) -> None:
+    """Ready a file for its resume in one opening: clear `done` where it holds non-finite singular
+    values (a damaged file), so those Jacobians are computed again (saying how many), and record
+    the chunk size the resume runs with."""
+    with store.TrajectoryWriter(path) as writer:
+        with hdf5.damaged(path):
+            count = writer.reopen_nonfinite()
+        if writer.file.attrs.get("batch_size") != batch_size:  # resumed with a new --batch-size
+            writer.set_attrs(batch_size=batch_size)
     if count:
         warnings.warn(f"{path}: {count} Jacobians marked done held non-finite values; computing them "
                       "again", stacklevel=3)
