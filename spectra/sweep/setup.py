@@ -81,6 +81,8 @@ def fingerprints_of(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[s
 
 
 def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> Setup:
+    """Everything a rank needs before computing (Setup), with the sizes checked against memory,
+    the preflight run, and the path probed (or, on resume, the recorded one: `old_attrs`)."""
     model, times, x0, fingerprints = content(opts)
     schedule = model.schedule
     dim = math.prod(x0.shape[1:])
@@ -106,8 +108,8 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     if opts.compile and model.time_inputs(float(times[0]), x0_t) is None:
         raise SpectraError("--compile applies to network models; an analytic model is not compiled")
-    probe, output_dtype = preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
-    fingerprints = {**fingerprints, "probe": probe}
+    norms, output_dtype = preflight(model, x0_t, times, opts, alpha, sigma, batch_size)
+    fingerprints = {**fingerprints, "probe": norms}
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
