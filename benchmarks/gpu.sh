@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs: the GPU tests, then every GPU benchmark (JSON results in
 # benchmarks/results/, copied to $OUT when it is set so that they come back). Run from the
-# repository root:  bash benchmarks/gpu.sh [tests] [dense] [topk]   (no argument: all three)
+# repository root:  bash benchmarks/gpu.sh [tests] [dense] [topk] [peers]   (no argument: all four)
 # A device call lasts at most 10 minutes: if all three do not fit, run them in separate calls.
 # The project is installed without dependencies: the machine's image holds torch, numpy, scipy,
 # h5py, click, matplotlib, tqdm and pytest, and nothing can be fetched there.
 set -uo pipefail
 python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
-if [ $# -eq 0 ]; then set -- tests dense topk; fi
+if [ $# -eq 0 ]; then set -- tests dense topk peers; fi
 status=0
 run() { echo "+ $*"; "$@" || status=1; }
 for part in "$@"; do
@@ -22,7 +22,10 @@ for part in "$@"; do
     topk)
       run python3 benchmarks/topk.py --device cuda --size 32 --batch-size 512 --baselines
       run python3 benchmarks/topk.py --device cuda --size 64 --batch-size 512 ;;
-    *) echo "unknown part $part (tests, dense, topk)"; exit 2 ;;
+    peers)
+      run python3 benchmarks/peers.py dense --device cuda --sizes 16 32 --skip fd_central_loop stacked_scores
+      run python3 benchmarks/peers.py topk --device cuda --sizes 32 64 --k 16 32 ;;
+    *) echo "unknown part $part (tests, dense, topk, peers)"; exit 2 ;;
   esac
 done
 if [ -n "${OUT:-}" ]; then cp benchmarks/results/*cuda*.json "$OUT"/ 2>/dev/null; fi

@@ -85,7 +85,16 @@ def _autodiff_line(path: dict[str, Any]) -> list[str]:
     line = f"  autodiff    {path['engine']}{compiled}, context {path['context']}"
     if path.get("tried"):
         line += f" (after {len(path['tried'])} failed path(s): {path['tried'][0]['error'][:80]})"
-    return [line]
+    lines = [line]
+    timed = path.get("timings", {})
+    if timed.get("paths"):
+        fastest = ", ".join(f"{label} {1e6 * s:.3g} us" for label, s in sorted(timed["paths"].items(),
+                                                                            key=lambda item: item[1]))
+        lines.append(f"  measured    per product: {fastest}")
+    if timed.get("block"):
+        blocks = ", ".join(f"{b}: {1e6 * s:.3g} us" for b, s in timed["block"]["seconds_per_product"].items())
+        lines.append(f"  block size  per product by block size: {blocks}")
+    return lines
 
 
 def describe(info: dict[str, Any]) -> str:

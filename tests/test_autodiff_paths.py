@@ -1,9 +1,10 @@
 """Forward-AD safety: models torch.func cannot transform as they are still get exact spectra.
 
 * F.scaled_dot_product_attention + GroupNorm: forward mode fails on the CPU fused kernel, so
-  `auto` runs jvp inside safety.forward_ad_safe (math attention, group_norm by definition);
+  jvp runs inside safety.forward_ad_safe (math attention, group_norm by definition);
 * an autograd.Function with only a backward rule (no jvp, no vmap rule) and an old-style one:
-  reverse mode on the batched torch.autograd engine; top-k takes J v by double backward;
+  reverse mode on a torch.autograd engine; top-k takes J v by double backward;
+* an autograd.Function whose forward mode is slow: `auto` times every path and takes reverse mode;
 * a model computed in numpy (no autodiff at all): central differences.
 Each run records the path it took and the failures before it; values are checked against
 references that do not use spectra (torch.autograd.functional.jacobian, or the closed form).
@@ -49,7 +50,7 @@ def tanh_reference(traj):
 
 
 def test_attention_model_runs_jvp_in_the_safe_context(tmp_path):
-    traj, path = estimate(tmp_path, "attention")
+    traj, path = estimate(tmp_path, "attention", "--method", "jvp")
     assert traj.attrs["method_used"] == "jvp"
     assert path["engine"] == "torch.func" and path["context"] == "forward-ad-safe"
     assert "scaled_dot_product" in path["tried"][0]["error"]
@@ -78,8 +79,11 @@ def test_safe_context_restores_torch_and_keeps_group_norm():
 def test_custom_autograd_function_falls_back_to_batched_reverse_mode(tmp_path, factory):
     traj, path = estimate(tmp_path, factory)
     assert traj.attrs["method_used"] == "vjp"
-    assert path["engine"] == "torch.autograd" and path["context"] == "default"
+    assert path["engine"].startswith("torch.autograd") and path["context"] == "default"
     assert [p["method"] for p in path["tried"]][:2] == ["jvp", "jvp"]
+    timed = path["timings"]["paths"]  # both torch.autograd engines ran and were timed
+    assert set(timed) == {"vjp/torch.autograd/default", "vjp/torch.autograd-rows/default"}
+    assert timed[f"vjp/{path['engine']}/default"] == min(timed.values())
     for n, exact in enumerate(tanh_reference(traj)):
         for ti in range(2):
             assert rel_err(traj["singular_values"][n, ti], exact) < 1e-10
@@ -97,7 +101,7 @@ def test_topk_on_a_model_without_forward_mode_uses_double_backward(tmp_path):
 def test_model_without_autodiff_falls_back_to_finite_differences(tmp_path):
     traj, path = estimate(tmp_path, "tanh_numpy")
     assert traj.attrs["method_used"] == "fd-central" and path["engine"] == "none"
-    assert len(path["tried"]) == 6  # 2 forward-mode + 4 reverse-mode paths
+    assert len(path["tried"]) == 7  # 2 forward-mode + 5 reverse-mode paths
     for n, exact in enumerate(tanh_reference(traj)):
         assert rel_err(traj["singular_values"][n, 0], exact) < 1e-7
 
@@ -112,9 +116,13 @@ def test_explicit_method_that_cannot_run_is_one_line_exit_2(tmp_path):
 
 
 def test_info_reports_the_path(tmp_path):
-    estimate(tmp_path, "attention")
+    estimate(tmp_path, "attention", "--method", "jvp")
     res = run("info", tmp_path / "run.h5")
     assert res.exit_code == 0 and "autodiff    torch.func, context forward-ad-safe" in res.output
+    estimate(tmp_path, "tanh_slow_jvp", name="auto.h5")
+    res = run("info", tmp_path / "auto.h5")
+    measured = next(line for line in res.output.splitlines() if "measured" in line)
+    assert measured.index("vjp/") < measured.index("jvp/torch.func/default")  # fastest first
 
 
 def test_jacobian_at_runs_the_method_it_is_given():
@@ -130,3 +138,25 @@ def test_jacobian_at_runs_the_method_it_is_given():
     fd = jacobian_at(model, x, 0.5, "score", "fd-central", path=AutodiffPath("jvp"))
     err = float((fd - exact).abs().max() / exact.abs().max())
     assert 0 < err < 1e-6
+
+
+def test_auto_takes_the_path_it_measured_fastest(tmp_path):
+    """Forward mode costs 20 ms a call more than reverse mode here: auto times every path that
+    runs, records the timings and takes reverse mode; the values are the closed form's."""
+    traj, path = estimate(tmp_path, "tanh_slow_jvp")
+    timed = path["timings"]["paths"]
+    assert "jvp/torch.func/default" in timed and len(timed) >= 3
+    assert traj.attrs["method_used"] == "vjp"
+    assert timed[path_label(path)] == min(timed.values())
+    assert timed["jvp/torch.func/default"] > 5 * timed[path_label(path)]
+    chunk = path["timings"]["chunk"]["seconds_per_product"]
+    assert str(traj.attrs["batch_size"]) in chunk  # the chunk size is one it timed
+    for n, exact in enumerate(tanh_reference(traj)):
+        for ti in range(2):
+            assert rel_err(traj["singular_values"][n, ti], exact) < 1e-10
+    forced = estimate(tmp_path, "tanh_slow_jvp", "--method", "jvp", name="jvp.h5")[0]
+    assert forced.attrs["method_used"] == "jvp"  # an explicit method wins
+
+
+def path_label(path):
+    return "/".join([path["method"], path["engine"], path["context"]])

@@ -68,7 +68,8 @@ def test_diffusers_unet_matches_torch_func_on_the_raw_model(tmp_path, prediction
     out = tmp_path / "run.h5"
     res = CliRunner().invoke(cli, [
         "estimate", "--model", f"diffusers:{folder}", "--data", "noise", "--n-samples", "2",
-        "--times", ",".join(map(str, TIMES)), "--target", target, "--out", str(out), "--quiet"])
+        "--times", ",".join(map(str, TIMES)), "--target", target, "--method", "jvp", "--out", str(out),
+        "--quiet"])
     assert res.exit_code == 0, res.output
     traj = spectra.load(out)
     assert traj.complete

@@ -27,7 +27,9 @@ def estimate(out, data, *extra, nproc=None, kill_at=0, kill_rank=None):
         launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd = [*launch, "-m", "spectra_cli", "estimate", "--model", f"{ASSETS / 'nets.py'}:killer",
            "--schedule", "ve", "--parameterization", "eps", "--data", str(data), "--n-samples", "6",
-           "--n-times", "4", "--at", "noisy", "--out", str(out), "--quiet", *extra]
+           "--n-times", "4", "--at", "noisy", "--method", "jvp", "--out", str(out), "--quiet", *extra]
+    # a named method: auto would time paths first (forward calls the kill counts) and could take
+    # another path than the reference run, equal only to rounding
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,16 +1,17 @@
 """Choose and run a Jacobian method for a model's target at one time (theory.md 4).
 
 Methods: `jvp` (forward mode), `vjp` (reverse mode), `fd-forward`, `fd-central` (step `auto`,
-`sigma` or a number; perturbations of unit-norm directions times the step), and `auto`, which
-probes forward mode on one product and falls back to reverse mode, then to central differences,
-when the model does not support it. `topk` (top-k singular values without a dense Jacobian,
-topk.py) is run by topk_at.
+`sigma` or a number; perturbations of unit-norm directions times the step), and `auto`, the
+fastest exact route: every autodiff path that runs on the model is timed (spectra.jacobian.tuning)
+and the fastest kept, or central differences when none runs. `topk` (top-k singular values
+without a dense Jacobian, topk.py) is run by topk_at.
 
-Autodiff products run on an `AutodiffPath`: an engine (torch.func transforms under vmap, or
-classic torch.autograd on the model's batch dimension for models torch.func cannot transform)
-and a context (as it is, or safety.forward_ad_safe: math attention, group_norm by definition).
-probe_path tries them in order of speed on one product and reports every failure; the path that
-ran is recorded in the run file.
+Autodiff products run on an `AutodiffPath`: an engine (torch.func transforms under vmap; classic
+torch.autograd on the model's batch dimension, for models torch.func cannot transform; or
+torch.autograd one vector at a time, `torch.autograd-rows`) and a context (as it is, or
+safety.forward_ad_safe: math attention, group_norm by definition). probe_path tries them in
+order of preference on one product and reports every failure; runnable_paths returns every one
+that runs, for auto to time. The path that ran is recorded in the run file.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.operators import (
     AutodiffJacobian,
     AutogradJacobian,
+    AutogradRowsJacobian,
     CompileFallbackWarning,
     FiniteDifferenceJacobian,
     JacobianOperator,
@@ -67,21 +69,30 @@ def finite_difference_step(
     return torch.full((n,), value, dtype=points.dtype, device=points.device)
 
 
-ENGINES = ("torch.func", "torch.autograd", "none")
+ENGINES = ("torch.func", "torch.autograd", "torch.autograd-rows", "none")
+_OPERATORS = {"torch.func": AutodiffJacobian, "torch.autograd": AutogradJacobian,
+              "torch.autograd-rows": AutogradRowsJacobian}
 
 
 @dataclass
 class AutodiffPath:
     """How products are taken: `method` (jvp | vjp | topk | fd-forward | fd-central), `engine`
     (ENGINES; "none" for finite differences), `context` (safety.CONTEXTS), `compiled` (J v by
-    torch.compile, operators.AutodiffJacobian) and `tried`: the paths that failed before it,
-    each {method, engine, context, compiled, error}."""
+    torch.compile, operators.AutodiffJacobian), `tried`: the paths that failed before it, each
+    {method, engine, context, compiled, error}, and `timings`: what was measured to choose it
+    (spectra.jacobian.tuning: seconds per product of each path auto timed, by label)."""
 
     method: str
     engine: str = "torch.func"
     context: str = "default"
     tried: list[dict] = field(default_factory=list)
     compiled: bool = False
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """method/engine/context, with /compiled when it is."""
+        return "/".join([self.method, self.engine, self.context] + (["compiled"] if self.compiled else []))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,7 +100,7 @@ class AutodiffPath:
     @classmethod
     def from_dict(cls, d: dict) -> AutodiffPath:
         return cls(d["method"], d.get("engine", "torch.func"), d.get("context", "default"),
-                   list(d.get("tried", [])), bool(d.get("compiled", False)))
+                   list(d.get("tried", [])), bool(d.get("compiled", False)), dict(d.get("timings", {})))
 
 
 #: the operator products each method takes: J V (matmat), J^T U (rmatmat) or both
@@ -104,6 +115,7 @@ _CANDIDATES = {
     "topk": [("topk", e, c) for e in ("torch.func", "torch.autograd")
              for c in ("default", "forward-ad-safe")],
 }
+_CANDIDATES["vjp"].append(("vjp", "torch.autograd-rows", "default"))
 _CANDIDATES["auto"] = _CANDIDATES["jvp"] + _CANDIDATES["vjp"]
 #: methods whose forward-mode candidates can run compiled (--compile)
 COMPILABLE = ("auto", "jvp", "topk")
@@ -120,20 +132,17 @@ def make_operator(
     if path.compiled:
         fn, inputs = partial(model.target_from, target=target), model.time_inputs(t, points)
         return AutodiffJacobian(fn, points, batch_size, inputs, around, compiled=True)
-    cls = AutogradJacobian if path.engine == "torch.autograd" else AutodiffJacobian
-    return cls(_target_fn(model, t, target), points, batch_size, around=around)
+    return _OPERATORS[path.engine](_target_fn(model, t, target), points, batch_size, around=around)
 
 
-def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
-               compile: bool = False) -> AutodiffPath:
-    """The first path on which `method`'s products run at one point (shape *shape): for jvp,
-    forward mode; for vjp, reverse mode; for topk, both; for auto, forward then reverse mode,
-    then central differences. With `compile` (methods COMPILABLE, models with time_inputs),
-    compiled forward mode is tried first, in the forward-AD-safe context. Raises SpectraError
-    listing the failures when none runs."""
-    if method in ("fd-forward", "fd-central"):
-        return AutodiffPath(method, "none")
-    tried: list[dict] = []
+def runnable_paths(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
+                   compile: bool = False, every: bool = True) -> tuple[list[AutodiffPath], list[dict]]:
+    """The paths on which `method`'s products run at one point (shape *shape), in order of
+    preference, each probed on one product, and the failures ({method, engine, context,
+    compiled, error}). For jvp: forward mode; for vjp: reverse mode; for topk: both; for auto:
+    forward, then reverse mode. With `compile` (methods COMPILABLE, models with time_inputs),
+    compiled forward mode comes first, in the forward-AD-safe context. `every`: one path per
+    (method, engine, compiled) (its first context that runs); else only the first path."""
     x = point[None]
     candidates = [(*c, False) for c in _CANDIDATES[method]]
     if compile and method in COMPILABLE and model.time_inputs(t, x) is not None:
@@ -141,7 +150,11 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
         # forward-mode group_norm fails under a compiled vmap); after a failed compile torch can
         # fail the next one, so a second try would tell nothing
         candidates.insert(0, ("topk" if method == "topk" else "jvp", "torch.func", "forward-ad-safe", True))
+    found: list[AutodiffPath] = []
+    tried: list[dict] = []
     for name, engine, context, compiled in candidates:
+        if any((p.method, p.engine, p.compiled) == (name, engine, compiled) for p in found):
+            continue
         path = AutodiffPath(name, engine, context, compiled=compiled)
         op = make_operator(model, x, t, target, path, batch_size=1)
         probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
@@ -157,8 +170,24 @@ def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, me
             tried.append({"method": name, "engine": engine, "context": context,
                           "compiled": compiled, "error": f"{type(exc).__name__}: {first_line(exc)}"})
             continue
-        path.tried = tried
-        return path
+        found.append(path)
+        if not every:
+            break
+    for path in found:
+        path.tried = list(tried)
+    return found, tried
+
+
+def probe_path(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
+               compile: bool = False) -> AutodiffPath:
+    """The first path on which `method`'s products run at one point (runnable_paths); for auto,
+    central differences when none does (auto's measured choice: tuning.fastest_path). Raises
+    SpectraError listing the failures when none runs."""
+    if method in ("fd-forward", "fd-central"):
+        return AutodiffPath(method, "none")
+    found, tried = runnable_paths(model, point, t, target, method, compile, every=False)
+    if found:
+        return found[0]
     if method == "auto":
         return AutodiffPath("fd-central", "none", tried=tried)
     last = tried[-1]["error"] if tried else ""
@@ -226,12 +255,14 @@ def topk_at(
     block_size: int | None = None,
     start: torch.Tensor | None = None,
     path: AutodiffPath | None = None,
+    max_basis: int | None = None,
 ) -> TopKResult:
     """The k largest singular values of `target`'s Jacobian at `points` (N, *shape), time t, by
-    block Golub–Kahan–Lanczos on exact JVPs and VJPs (on `path`), each value with its residual
-    certificate. Raises SpectraError naming t when the model produces non-finite products."""
+    block Golub–Kahan–Lanczos on exact JVPs and VJPs (on `path`), thick-restarted at `max_basis`
+    columns, each value with its residual certificate (topk.topk_svd). Raises SpectraError
+    naming t when the model produces non-finite products."""
     op = make_operator(model, points, t, target, path or AutodiffPath("topk"), batch_size)
-    result = topk_svd(op, k, tol=tol, block_size=block_size, start=start)
+    result = topk_svd(op, k, tol=tol, block_size=block_size, start=start, max_basis=max_basis)
     if not (np.all(np.isfinite(result.singular_values)) and np.all(np.isfinite(result.residuals))):
         raise SpectraError(f"top-k products are NaN or infinite at t={t:g}")
     return result

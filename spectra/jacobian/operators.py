@@ -251,6 +251,42 @@ class AutogradJacobian(JacobianOperator):
         return jv.reshape(v.shape)
 
 
+class AutogradRowsJacobian(JacobianOperator):
+    """Exact products with classic torch.autograd, one vector at a time: per point one primal
+    pass with its graph kept, then one backward pass per vector (J^T u; the loop of
+    torch.autograd.functional.jacobian with vectorize=False), or per vector one backward pass of
+    the pullback, which is linear in its cotangent w: J v = d/dw <J^T w, v> (double backward,
+    the pullback's graph built once per point). Single-sample passes keep the model's kernels
+    at batch 1, where a CPU runs conv nets fastest and forward-mode rules (GroupNorm) are not
+    needed; the chunk size does not matter here."""
+
+    path = "autograd-rows"
+
+    def _graph(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x[None].detach().clone().requires_grad_(True)
+        return x, self._batched(x)
+
+    def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(u)
+        with torch.enable_grad():
+            for i, xi in enumerate(self.points[pts]):
+                x, y = self._graph(xi)
+                for j in range(u.shape[1]):
+                    out[i, j] = torch.autograd.grad(y, x, u[i, j][None], retain_graph=True)[0][0]
+        return out
+
+    def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(v)
+        with torch.enable_grad():
+            for i, xi in enumerate(self.points[pts]):
+                x, y = self._graph(xi)
+                w = torch.zeros_like(y, requires_grad=True)
+                (pullback,) = torch.autograd.grad(y, x, w, create_graph=True)
+                for j in range(v.shape[1]):
+                    out[i, j] = torch.autograd.grad(pullback, w, v[i, j][None], retain_graph=True)[0][0]
+        return out
+
+
 class FiniteDifferenceJacobian(JacobianOperator):
     """J v by finite differences with a per-point step h (N,) (theory.md 4):
     forward (F(x + h v) - F(x)) / h, central (F(x + h v) - F(x - h v)) / (2 h).

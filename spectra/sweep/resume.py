@@ -16,7 +16,7 @@ import torch
 from spectra import distributed, hdf5, store
 from spectra.errors import SpectraError
 from spectra.sweep.options import CONTENT_OPTIONS, LATER_OPTIONS, MODEL_OPTIONS, EstimateOptions
-from spectra.sweep.setup import Setup, block_size, topk_tolerance
+from spectra.sweep.setup import Setup, topk_tolerance
 from spectra.version import __version__
 
 #: relative tolerance of the resume probe per dtype: rounding from other threads or devices
@@ -112,7 +112,7 @@ def settle_shards(out: Path, opts: EstimateOptions, resume: bool, overwrite: boo
 
 def create_run(out: Path, opts: EstimateOptions, setup: Setup, command: str) -> None:
     """The new, empty run file with every attribute DESIGN.md lists."""
-    model, dim, k = setup.model, setup.dim, setup.k
+    model, k = setup.model, setup.k
     attrs = {
         "spectra_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -134,7 +134,8 @@ def create_run(out: Path, opts: EstimateOptions, setup: Setup, command: str) -> 
         "k": k,
         "tolerances": ({"tol": opts.tol, "effective_tol": topk_tolerance(opts.tol, setup.x0_t.dtype)}
                        if opts.method == "topk" else {}),
-        "block_size": block_size(k, dim) if opts.method == "topk" else None,
+        "block_size": setup.block,
+        "max_basis": setup.max_basis,
         "batch_size": setup.batch_size,
         "torch_version": torch.__version__,
         "tf32": setup.tf32,

@@ -25,7 +25,7 @@ from spectra.jacobian.methods import jacobian_spectra, topk_at
 from spectra.jacobian.operators import CompileFallbackWarning
 from spectra.sweep.inputs import SEED_DIRECTIONS, directions, points_at, rng
 from spectra.sweep.options import EstimateOptions
-from spectra.sweep.setup import Setup, block_size, per_chunk, topk_tolerance
+from spectra.sweep.setup import Setup, per_chunk, topk_tolerance
 
 
 class Dense:
@@ -57,17 +57,17 @@ class Dense:
 
 
 class TopK:
-    """The k largest singular values by block Lanczos bidiagonalization with their certificates,
-    each time's block started from the previous time's right singular vectors (the rest of the
-    block random, keyed by (seed, anchor, time)). Warns at the end about Jacobians that did not
-    converge within the budget."""
+    """The k largest singular values by block Lanczos bidiagonalization with their certificates
+    (setup's block size and basis). Each time's start block is keyed by (seed, anchor, time); from
+    the second time of a chunk on, it is the previous time's k right singular vectors mixed by
+    that random (k x b) matrix, so a block smaller than k still starts inside the subspace the
+    values came from. Warns at the end about Jacobians that did not converge."""
 
     replays = True
     failure = "(top-k needs JVPs and VJPs)"
 
     def __init__(self, setup: Setup, opts: EstimateOptions) -> None:
         self.setup, self.opts = setup, opts
-        self.block = block_size(setup.k, setup.dim)
         self.tol = topk_tolerance(opts.tol, setup.x0_t.dtype)
         self.warm: torch.Tensor | None = None
         self.converged = np.zeros(0, dtype=bool)
@@ -78,14 +78,14 @@ class TopK:
 
     def values(self, points: torch.Tensor, t: float, ti: int, idx: np.ndarray) -> dict[str, np.ndarray]:
         s, x0 = self.setup, self.setup.x0_t
-        seed = self.opts.seed
-        start = np.stack([rng(seed, SEED_DIRECTIONS, int(n), ti).standard_normal((s.dim, self.block))
-                          for n in idx])
-        start = torch.as_tensor(start, dtype=x0.dtype, device=x0.device)
+        rows = s.dim if self.warm is None else self.warm.shape[-1]
+        mix = np.stack([rng(self.opts.seed, SEED_DIRECTIONS, int(n), ti).standard_normal((rows, s.block))
+                        for n in idx])
+        start = torch.as_tensor(mix, dtype=x0.dtype, device=x0.device)
         if self.warm is not None:
-            start[:, :, : self.warm.shape[-1]] = self.warm
+            start = self.warm @ start
         res = topk_at(s.model, points, t, self.opts.target, s.k, self.tol, s.batch_size,
-                      block_size=self.block, start=start, path=s.path)
+                      block_size=s.block, start=start, path=s.path, max_basis=s.max_basis)
         self.warm, self.converged = res.right_vectors, res.converged
         return {"singular_values": res.singular_values, "residuals": res.residuals,
                 "jvp_products": res.n_jvp.astype(np.float64), "vjp_products": res.n_vjp.astype(np.float64)}
@@ -97,7 +97,7 @@ class TopK:
     def finish(self) -> None:
         if self.unconverged:
             warnings.warn(f"{self.unconverged} top-k Jacobians did not reach tol {self.tol:g} within the "
-                          "budget of 2D + 2k products; their residuals say how far they got", stacklevel=4)
+                          "budget of 4D products; their residuals say how far they got", stacklevel=4)
 
 
 def oom_message(t: float, batch_size: int) -> str:

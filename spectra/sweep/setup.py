@@ -1,5 +1,6 @@
 """Choosing how a sweep runs: the model on its device, the grid and anchors, the preflight, the
-autodiff path (probed, or the recorded one on resume), the chunk size and the block size."""
+autodiff path (measured for auto, probed for the others, or the recorded one on resume), the
+chunk size (measured on the CPU and on a GPU) and top-k's block size and basis (measured)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from spectra.errors import SpectraError, first_line
 from spectra.fingerprint import array_digest, file_digest, model_digest
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
 from spectra.jacobian.methods import (
+    DENSE_METHODS,
     ENGINES,
     PRODUCTS,
     AutodiffPath,
@@ -25,7 +27,8 @@ from spectra.jacobian.methods import (
     probe_path,
 )
 from spectra.jacobian.safety import CONTEXTS
-from spectra.limits import require_memory
+from spectra.jacobian.tuning import fastest_block, fastest_chunk, fastest_path
+from spectra.limits import available_memory, require_memory
 from spectra.models.base import ScoreModel
 from spectra.models.specs import load_model
 from spectra.sweep.inputs import anchors, points_at, time_grid
@@ -33,6 +36,8 @@ from spectra.sweep.options import EstimateOptions, parse_step
 
 BATCH_BUDGET_BYTES = 2**28
 SPECTRA_COPIES = 6
+#: D-vectors a top-k basis column costs per anchor: V, U, J V, J^T U and one transient copy
+KRYLOV_COPIES = 5
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Setup:
     fingerprints: dict[str, Any]
     #: the model's output dtype where it is not the run's (a recorded conversion), else None
     output_dtype: str | None = None
+    #: top-k: vectors per block and the basis columns kept before a thick restart
+    block: int | None = None
+    max_basis: int | None = None
 
     @property
     def dim(self) -> int:
@@ -114,9 +122,14 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
     if old_attrs is not None:
         path = recorded_path(old_attrs)
+    elif opts.method == "auto" and not opts.compile:  # --compile asks for compiled forward mode
+        path = fastest_path(model, *probe, opts.target)
     else:
         path = probe_path(model, *probe, opts.target, opts.method, compile=opts.compile)
     k = min(opts.k or dim, dim)
+    if chosen is None and device.type == "cpu" and path.method in DENSE_METHODS:
+        batch_size, path.timings["chunk"] = fastest_chunk(
+            model, *probe, opts.target, path, step, len(x0) * dim, available_memory() // 4)
     if chosen is None and device.type == "cuda":
         try:
             measured = measured_pair_bytes(model, *probe, opts.target, path, step, k)
@@ -129,8 +142,36 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
                 f"{type(exc).__name__}: {first_line(exc)} (pass --batch-size to skip it)"
             ) from exc
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
+    block = max_basis = None
+    if path.method == "topk":
+        block, max_basis = topk_shape(model, probe, opts.target, path, k, len(x0), batch_size, old_attrs)
     return Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32,
-                  fingerprints, output_dtype)
+                 fingerprints, output_dtype, block, max_basis)
+
+
+def topk_shape(model: ScoreModel, probe: tuple[torch.Tensor, float], target: str, path: AutodiffPath,
+               k: int, n_points: int, batch_size: int, old_attrs: dict[str, Any] | None) -> tuple[int, int]:
+    """Top-k's block size (measured: tuning.fastest_block, its timings in path.timings["block"];
+    on resume the recorded one) and the basis columns kept before a thick restart: all D when the
+    chunk's bases fit a quarter of the free memory (then the basis can span R^D and the values
+    are exact within 2 D products), else what fits (recorded too: a restart changes rounding)."""
+    point, t = probe
+    dim = point.numel()
+    if old_attrs is not None and old_attrs.get("block_size"):
+        return int(old_attrs["block_size"]), int(old_attrs.get("max_basis") or dim)
+    block, path.timings["block"] = fastest_block(model, point, t, target, path, k, n_points, batch_size)
+    anchors = max(1, min(n_points, batch_size // block))
+    column = KRYLOV_COPIES * dim * point.element_size() * anchors
+    return block, int(min(dim, max(k + 2 * block, free_bytes(point.device) // 4 // column)))
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory this process can still use on `device`: the CUDA device's free memory plus the
+    caching allocator's idle blocks, or the host's available memory."""
+    if device.type != "cuda":
+        return available_memory()
+    idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + idle
 
 
 def preflight(
@@ -181,18 +222,16 @@ def device_of(name: str, sweep: distributed.Sweep | None = None) -> torch.device
 
 def default_batch_size(
     model: ScoreModel, dim: int, dtype: torch.dtype, device: torch.device | None = None,
-    free_bytes: int | None = None, pair_bytes: int | None = None,
+    free: int | None = None, pair_bytes: int | None = None,
 ) -> int:
     """(anchor, direction) pairs per chunk: a memory budget over the bytes per pair, between 1
     and 4096. The bytes per pair are `pair_bytes` when measured (memory.pair_bytes), else
     estimated as model.activation_factor values of size D. The budget is 256 MiB on the CPU and
-    a quarter of the free memory on a CUDA device (torch.cuda.mem_get_info plus the caching
-    allocator's idle blocks, or `free_bytes` when given) once the model is on it."""
-    if free_bytes is None and device is not None and device.type == "cuda":
-        # the caching allocator's idle blocks are free to this process too
-        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        free_bytes = torch.cuda.mem_get_info(device)[0] + idle
-    budget = BATCH_BUDGET_BYTES if free_bytes is None else free_bytes // 4
+    a quarter of the free memory on a CUDA device (free_bytes, or `free` when given) once the
+    model is on it. On the CPU a sweep measures its chunk size instead (tuning.fastest_chunk)."""
+    if free is None and device is not None and device.type == "cuda":
+        free = free_bytes(device)
+    budget = BATCH_BUDGET_BYTES if free is None else free // 4
     if pair_bytes is None:
         itemsize = torch.empty((), dtype=dtype).element_size()
         pair_bytes = dim * itemsize * max(1, model.activation_factor)
@@ -205,26 +244,21 @@ def measured_pair_bytes(model: ScoreModel, point: torch.Tensor, t: float, target
     algorithm keeps per pair beside them: a dense run the float64 copies its spectra take of a
     Jacobian row (the cast, its symmetric and skew parts and the solvers' workspaces:
     SPECTRA_COPIES values of 8 bytes); a top-k run its Krylov bases, at worst D columns of D
-    values for each of V and U plus one transient copy, shared by the block's pairs."""
+    values for each of V, U, J V and J^T U plus one transient copy (KRYLOV_COPIES), shared by the
+    block's pairs (the block at its largest, k)."""
     op = method_operator(model, point[None], t, target, path, PROBE_PAIRS, step)
     measured = pair_bytes(op, PRODUCTS[path.method])
     if path.method == "topk":
         itemsize = point.element_size()
-        return measured + 3 * itemsize * op.dim * op.dim // block_size(k, op.dim)
+        return measured + KRYLOV_COPIES * itemsize * op.dim * op.dim // k
     return measured + SPECTRA_COPIES * 8 * op.dim
 
 
 def per_chunk(setup: Setup) -> int:
     """Anchors per chunk: as many as the batch holds with D directions (dense) or one block
     (top-k) each. The chunks are the units shared out among ranks."""
-    vectors = block_size(setup.k, setup.dim) if setup.path.method == "topk" else setup.dim
+    vectors = setup.block if setup.path.method == "topk" else setup.dim
     return max(1, setup.batch_size // vectors)
-
-
-def block_size(k: int, dim: int) -> int:
-    """Vectors per block of the top-k method: k (at least 4, at most D). A block as large as k
-    never misranks a cluster of equal top values and always yields k values in one step."""
-    return int(min(dim, max(4, k)))
 
 
 def topk_tolerance(tol: float, dtype: torch.dtype) -> float:

@@ -7,6 +7,7 @@ VP marginals) is written out here, independently of spectra's code.
 """
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -233,6 +234,36 @@ class TanhOldStyle(torch.autograd.Function):
         return grad * (1 - y * y)
 
 
+class TanhSlowJvp(torch.autograd.Function):
+    """tanh whose forward-mode rule costs SLOW_JVP_S seconds per call and whose backward rule
+    costs nothing extra: a model where reverse mode is far cheaper than forward mode."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+        ctx.y = output
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        time.sleep(SLOW_JVP_S)
+        return tangent * (1 - ctx.y * ctx.y)
+
+
+SLOW_JVP_S = 0.02
+
+
 class TanhNet(torch.nn.Module):
     """Score model W2 f(W1 x) (time ignored) with f one of the tanh variants."""
 
@@ -250,6 +281,8 @@ class TanhNet(torch.nn.Module):
             h = TanhNoJvp.apply(h)
         elif self.kind == "old_style":
             h = TanhOldStyle.apply(h)
+        elif self.kind == "slow_jvp":
+            h = TanhSlowJvp.apply(h)
         elif self.kind in ("plain", "graph_break"):
             if self.kind == "graph_break":
                 torch._dynamo.graph_break()  # a no-op in eager mode; torch.compile cannot trace it
@@ -261,6 +294,10 @@ class TanhNet(torch.nn.Module):
 
 def tanh_no_jvp():
     return TanhNet("no_jvp")
+
+
+def tanh_slow_jvp():
+    return TanhNet("slow_jvp")
 
 
 def tanh_old_style():
