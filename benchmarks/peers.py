@@ -85,8 +85,9 @@ def spectra_choice(model: NetworkScoreModel, x: torch.Tensor, method: str, k: in
             path = fastest_path(model, x, T, "denoiser")
             batch = BATCH
             if x.device.type == "cpu":
+                guess = dim * x.element_size() * model.activation_factor
                 batch, path.timings["chunk"] = fastest_chunk(model, x, T, "denoiser", path, "auto", dim,
-                                                             available_memory() // 4)
+                                                             available_memory() // 4, guess)
             choice = {"path": path, "batch_size": batch}
         else:
             path = probe_path(model, x, T, "denoiser", method)

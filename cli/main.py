@@ -1,7 +1,9 @@
 """The `spectra` command line: parses options, calls the library, prints.
 
 Every user error (SpectraError, or a click usage error) ends as one line on stderr,
-`error: ...`, and exit status 2.
+`error: ...`, and exit status 2. This module imports nothing heavy: each command imports the
+library it needs (torch, matplotlib) once its options are checked, so that `spectra --help` and
+errors on options answer at once.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import sys
 from typing import NoReturn
 
 import click
-from spectra_cli.info import describe, summary
 
-from spectra.distributed import DEFAULT_RENDEZVOUS_TIMEOUT
 from spectra.errors import SpectraError, first_line, os_error
-from spectra.estimate import EstimateOptions, estimate
-from spectra.jacobian.methods import METHODS
-from spectra.models.parameterization import PARAMETERIZATIONS, TARGETS
+from spectra.names import (
+    DEFAULT_RENDEZVOUS_TIMEOUT,
+    DEFAULT_RESOLUTION,
+    METHODS,
+    PARAMETERIZATIONS,
+    TARGETS,
+)
 from spectra.schedules import SCHEDULE_NAMES
-from spectra.studies.phases import DEFAULT_RESOLUTION, compare, plot_run, theory_file
-from spectra.sweep.options import MAX_INT
+from spectra.sweep.options import MAX_INT, EstimateOptions, check_request
+from spectra.version import __version__
 
 #: seeds: non-negative, below the bound of every integer option (spectra.sweep.options.MAX_INT)
 SEED = click.IntRange(0, MAX_INT - 1)
@@ -88,7 +92,7 @@ def _shape(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 
 @click.group(cls=SpectraGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="spectra")
+@click.version_option(__version__, prog_name="spectra")
 def cli() -> None:
     """Jacobian spectra of diffusion models across diffusion time."""
 
@@ -148,6 +152,9 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvou
                  **options) -> None:
     """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file."""
     opts = EstimateOptions(**options)
+    check_request(opts, resume, overwrite)
+    from spectra.sweep.estimate import estimate
+
     command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = estimate(out, opts, resume=resume, overwrite=overwrite, progress=not quiet,
                     command=command, rendezvous_timeout=rendezvous_timeout)
@@ -193,6 +200,8 @@ def train_cmd(out: str, resume: bool, overwrite: bool, slim: bool, quiet: bool, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 def info_cmd(run: str, as_json: bool) -> None:
     """Summary of a run file."""
+    from spectra_cli.info import describe, summary
+
     info = summary(run)
     click.echo(json.dumps(info, indent=2) if as_json else describe(info))
 
@@ -210,6 +219,8 @@ def info_cmd(run: str, as_json: bool) -> None:
 def compare_cmd(run: str, out: str | None, manifold: str | None, data: str | None,
                 resolution: float) -> None:
     """Hold a run against random-matrix theory: metrics.json, figures, and a theory/ group."""
+    from spectra.studies.phases import compare
+
     result = compare(run, out, manifold=manifold, data=data, resolution=resolution)
     m = result.metrics
     first = min(m["times"], key=lambda row: row["tau"])
@@ -234,6 +245,8 @@ def compare_cmd(run: str, out: str | None, manifold: str | None, data: str | Non
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def theory_cmd(manifold: str, out: str, **options) -> None:
     """Predicted spectra, densities and phases of a linear manifold, without a model."""
+    from spectra.studies.phases import theory_file
+
     click.echo(f"wrote {theory_file(manifold, out, **options)}")
 
 
@@ -244,6 +257,8 @@ def theory_cmd(manifold: str, out: str, **options) -> None:
 @click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True)
 def plot_cmd(run: str, out: str | None, resolution: float) -> None:
     """Figures of a run's spectra over diffusion time (no theory)."""
+    from spectra.studies.phases import plot_run
+
     paths = plot_run(run, out, resolution)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 

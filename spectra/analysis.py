@@ -1,10 +1,12 @@
 """Gaps, dimension estimates and phases measured from spectra (theory.md 3.2-3.5). numpy only.
 
 Measured values live on the same normalized scale as the theory: mu, the eigenvalues of
-sigma^2 J_score (theory.md 2), sorted descending, in [-1, 0] for an exact score. From the
-singular values s of a run's target (the eigenvalues' magnitudes for a symmetric Jacobian):
+sigma^2 J_score (theory.md 2), sorted descending, in [-1, 0] for the exact score of Gaussian
+(linear-manifold) data; for mixtures sigma^2 J_score = (alpha^2 / sigma^2) Cov[x0 | x] - I can
+have positive eigenvalues, which the mapping below, made for that sign, does not represent. From
+the singular values s of a run's target (the eigenvalues' magnitudes for a symmetric Jacobian):
 
-    score:     mu = -sigma^2 s        (sigma^2 J_score has eigenvalues in [-1, 0])
+    score:     mu = -sigma^2 s        (Gaussian data: sigma^2 J_score has eigenvalues in [-1, 0])
     eps:       mu = -sigma s          (J_eps = -sigma J_score)
     denoiser:  mu = alpha s - 1       (sigma^2 J_score = alpha J_x0 - I)
 

@@ -31,9 +31,9 @@ from typing import IO
 import torch.distributed as dist
 
 from spectra.errors import SpectraError, first_line
+from spectra.names import DEFAULT_RENDEZVOUS_TIMEOUT
 
 #: seconds the rendezvous waits for a missing peer
-DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 #: ranks with fewer chunks wait at the final barrier for the others: no practical time limit
 _SWEEP_TIMEOUT = datetime.timedelta(days=30)
 

@@ -1,4 +1,5 @@
-"""The HDF5 trajectory file, format_version 1 (DESIGN.md, "The HDF5 trajectory file").
+"""The HDF5 trajectory file, format_version 2 (docs/format.md); version 1 files (the same without
+dimension scales) are read and resumed as they are.
 
 Durability (prior-art.md, h5py 1807/714): a new file is written in full (every dataset allocated
 and NaN-filled) under a temporary name and renamed into place, so a file at the final path is
@@ -20,13 +21,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from spectra import hdf5
+from spectra import dimensions, hdf5
 from spectra.errors import SpectraError
 from spectra.outputs import clear_stale
 from spectra.schedules import Schedule
 
 FORMAT = "spectra-trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the versions this spectra reads: 2 adds the named dimensions of spectra.dimensions
+READABLE_VERSIONS = (1, 2)
 
 #: datasets of shape (N, T, K) and (N, T) holding per-(anchor, time) results
 VALUE_DATASETS = ("singular_values", "sym_eigenvalues", "residuals")
@@ -59,10 +62,9 @@ def check_format(f: h5py.File, path: str | Path) -> None:
     if fmt != FORMAT:
         raise SpectraError(f"{path} is not a spectra trajectory file (format {fmt or 'missing'!r})")
     version = _decode(f.attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise SpectraError(
-            f"{path} has format_version {version}; this spectra reads version {FORMAT_VERSION}"
-        )
+    if version not in READABLE_VERSIONS:
+        raise SpectraError(f"{path} has format_version {version}; this spectra reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
 
 
 #: root attributes every run file has, and those of them that hold a JSON table
@@ -207,6 +209,7 @@ def create(
         _allocated(f, "done", (n, t), False)
         if points_shape is not None:
             _allocated(f, "points", points_shape, np.nan)
+        dimensions.attach(f)
 
 
 def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], fill: float | bool) -> None:
@@ -338,10 +341,20 @@ class Trajectory:
     def schedule(self) -> dict[str, Any]:
         return json.loads(self.attrs.get("schedule") or "{}")
 
+    def to_xarray(self) -> Any:
+        """An xarray.Dataset with named dimensions and the grid as coordinates (spectra.dimensions)."""
+        return dimensions.to_xarray(self)
+
+    def to_pandas(self) -> Any:
+        """A tidy pandas DataFrame, one row per (anchor, time, value) (spectra.dimensions)."""
+        return dimensions.to_frame(self)
+
 
 def load(path: str | Path) -> Trajectory:
-    """Read a trajectory file: every dataset (theory/ ones under 'theory/NAME') and attribute."""
+    """Read a trajectory file: every dataset (theory/ ones under 'theory/NAME') but the dimension
+    scales, and every attribute."""
     with open_checked(path) as f, hdf5.damaged(path):
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
-        arrays = {name: hdf5.read(f, name, path) for name in hdf5.dataset_names(f)}
+        arrays = {name: hdf5.read(f, name, path) for name in hdf5.dataset_names(f)
+                  if not h5py.h5ds.is_scale(hdf5.dataset(f, name, path).id)}
     return Trajectory(Path(path), attrs, arrays)

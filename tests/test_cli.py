@@ -36,7 +36,7 @@ def test_demo_estimate_and_info(tmp_path):
     path = json.loads(traj.attrs["autodiff"])
     timed = path["timings"]["paths"]  # auto took the path it timed fastest
     assert timed[f"{path['method']}/{path['engine']}/{path['context']}"] == min(timed.values())
-    assert traj.attrs["method_used"] in ("jvp", "vjp") and traj.attrs["format_version"] == 1
+    assert traj.attrs["method_used"] in ("jvp", "vjp") and traj.attrs["format_version"] == 2
     # the analytic two-variance manifold: the stored values are the closed form
     from spectra.models import load_model
 

@@ -123,14 +123,14 @@ def test_file_of_another_format(tmp_path):
 
 
 def test_other_format_version(tmp_path, existing):
-    newer = tmp_path / "v2.h5"
+    newer = tmp_path / "v3.h5"
     newer.write_bytes(existing.read_bytes())
     with h5py.File(newer, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     before = digest(newer)
-    assert_one_line_error(invoke("info", newer), "format_version 2")
+    assert_one_line_error(invoke("info", newer), "format_version 3")
     assert_one_line_error(invoke("estimate", "--out", newer, "--resume", "--n-samples", 2,
-                                 "--n-times", 3), "format_version 2")
+                                 "--n-times", 3), "format_version 3")
     assert digest(newer) == before
 
 

@@ -9,13 +9,15 @@ import spectra
 ROOT = Path(spectra.__file__).parent
 #: layers from the bottom; a module may import its own layer or lower ones (design.md)
 LAYERS = [
-    ("spectra.errors", "spectra.limits", "spectra.schedules", "spectra.lock", "spectra.version"),
+    ("spectra.errors", "spectra.limits", "spectra.schedules", "spectra.lock", "spectra.version",
+     "spectra.names"),
     ("spectra.outputs", "spectra.hdf5", "spectra.theory", "spectra.analysis", "spectra.plot",
-     "spectra.spec_toml", "spectra.checkpoint", "spectra.arrays"),
+     "spectra.spec_toml", "spectra.checkpoint", "spectra.arrays", "spectra.dimensions"),
     ("spectra.models",),
     ("spectra.jacobian", "spectra.store", "spectra.fingerprint", "spectra.distributed"),
     ("spectra.sweep",),
-    ("spectra.estimate", "spectra.studies", "spectra.train"),
+    ("spectra.studies", "spectra.train"),
+    ("spectra.api",),
     ("spectra",),
 ]
 MAX_LINES = 400

@@ -2,7 +2,6 @@
 
 from spectra.jacobian.dense import DenseSpectra, dense_jacobian, dense_spectra
 from spectra.jacobian.methods import (
-    METHODS,
     AutodiffPath,
     evaluate_checked,
     finite_difference_step,
@@ -17,16 +16,19 @@ from spectra.jacobian.methods import (
 from spectra.jacobian.operators import (
     AutodiffJacobian,
     AutogradJacobian,
+    AutogradRowsJacobian,
     FiniteDifferenceJacobian,
     JacobianOperator,
 )
 from spectra.jacobian.topk import TopKResult, topk_svd
+from spectra.names import METHODS
 
 __all__ = [
     "METHODS",
     "AutodiffJacobian",
     "AutodiffPath",
     "AutogradJacobian",
+    "AutogradRowsJacobian",
     "DenseSpectra",
     "FiniteDifferenceJacobian",
     "JacobianOperator",

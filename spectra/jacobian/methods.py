@@ -37,11 +37,8 @@ from spectra.jacobian.operators import (
 from spectra.jacobian.safety import entered
 from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
+from spectra.names import COMPILABLE, DENSE_METHODS
 from spectra.theory.manifold import random_orthonormal
-
-METHODS = ("auto", "jvp", "vjp", "fd-forward", "fd-central", "topk")
-#: methods that build dense D x D Jacobians
-DENSE_METHODS = METHODS[1:5]
 
 
 def finite_difference_step(
@@ -117,8 +114,6 @@ _CANDIDATES = {
 }
 _CANDIDATES["vjp"].append(("vjp", "torch.autograd-rows", "default"))
 _CANDIDATES["auto"] = _CANDIDATES["jvp"] + _CANDIDATES["vjp"]
-#: methods whose forward-mode candidates can run compiled (--compile)
-COMPILABLE = ("auto", "jvp", "topk")
 
 
 def make_operator(
@@ -156,14 +151,17 @@ def runnable_paths(model: ScoreModel, point: torch.Tensor, t: float, target: str
         if any((p.method, p.engine, p.compiled) == (name, engine, compiled) for p in found):
             continue
         path = AutodiffPath(name, engine, context, compiled=compiled)
-        op = make_operator(model, x, t, target, path, batch_size=1)
-        probe = torch.zeros(1, op.dim, 1, dtype=x.dtype, device=x.device)
-        probe[0, 0, 0] = 1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", CompileFallbackWarning)
-                for product in PRODUCTS[name]:
-                    getattr(op, product)(probe)
+                # one point alone, and two in one chunk: a sweep's chunks take either form
+                for n in (1, 2):
+                    points = x.expand(n, *x.shape[1:]).contiguous()
+                    op = make_operator(model, points, t, target, path, batch_size=n)
+                    probe = torch.zeros(n, op.dim, 1, dtype=x.dtype, device=x.device)
+                    probe[:, 0, 0] = 1
+                    for product in PRODUCTS[name]:
+                        getattr(op, product)(probe)
         except SpectraError:
             raise
         except Exception as exc:  # the model's ops lack this autodiff mode: try the next path

@@ -16,12 +16,14 @@ Algorithms (dense spectra, top-k) take operators and never look inside them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -30,6 +32,19 @@ from torch.func import jvp, vjp, vmap
 from spectra.errors import first_line
 
 BatchedFn = Callable[..., torch.Tensor]
+
+#: called with the number of products each chunk took (progress inside a Jacobian), or None
+_on_products: ContextVar[Callable[[int], object] | None] = ContextVar("on_products", default=None)
+
+
+@contextlib.contextmanager
+def reporting(callback: Callable[[int], object]) -> Iterator[None]:
+    """Within the block, every operator calls callback(n) after each chunk of n products."""
+    token = _on_products.set(callback)
+    try:
+        yield
+    finally:
+        _on_products.reset(token)
 
 
 class JacobianOperator(ABC):
@@ -80,12 +95,15 @@ class JacobianOperator(ABC):
             raise ValueError(f"expected vectors of shape ({self.n_points}, {self.dim}, k)")
         vt = v.transpose(1, 2)  # (N, k, D): one row per vector
         out = torch.empty_like(vt)
+        report = _on_products.get()
         with self.around():
             for pts, vec in self._chunks(k):
                 rows = vt[pts, vec]
                 rows = rows.reshape(rows.shape[0], rows.shape[1], *self.shape)
                 out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], d)
                 self.n_products += rows.shape[0] * rows.shape[1]
+                if report is not None:
+                    report(rows.shape[0] * rows.shape[1])
         return out.transpose(1, 2)
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +193,7 @@ def _is_compile_error(exc: Exception) -> bool:
 class AutodiffJacobian(JacobianOperator):
     """Exact products: forward mode (torch.func.jvp) for J v, reverse mode (torch.func.vjp) for
     J^T u, both under vmap over points and vectors; each point's primal pass is shared by its
-    vectors.
+    vectors, across the chunks of one rmatmat too (as torch.func.jacrev's chunks share it).
 
     compiled=True computes J v with torch.compile, one point at a time (a compiled vmap over
     points fails in torch: pytorch issues 151196 and 160508), from fn(x, *inputs) with t in the
@@ -210,14 +228,36 @@ class AutodiffJacobian(JacobianOperator):
                 warnings.warn(f"{type(exc).__name__}: {first_line(exc)}", CompileFallbackWarning,
                               stacklevel=2)
                 self.compiled = False
-        return vmap(lambda xi, vi: _point_jvp(self.fn, xi, vi, *self.inputs))(self.points[pts], v)
+        return _over_points(lambda xi, vi: _point_jvp(self.fn, xi, vi, *self.inputs), self.points[pts], v)
+
+    def rmatmat(self, u: torch.Tensor) -> torch.Tensor:
+        self._pullback: tuple[int, Callable] | None = None
+        try:
+            return super().rmatmat(u)
+        finally:
+            self._pullback = None  # the pullback holds a primal pass's activations
 
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
+        if pts.stop - pts.start == 1:  # one point, maybe in several chunks: one primal pass
+            if self._pullback is None or self._pullback[0] != pts.start:
+                self._pullback = (pts.start, vjp(self._single, self.points[pts.start])[1])
+            return vmap(self._pullback[1])(u[0])[0][None]
+
         def per_point(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
             _, pullback = vjp(self._single, xi)
             return vmap(pullback)(ui)[0]
 
         return vmap(per_point)(self.points[pts], u)
+
+
+def _over_points(per_point: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], points: torch.Tensor,
+                 vectors: torch.Tensor) -> torch.Tensor:
+    """per_point(x_n, vectors[n]) for every point: under vmap, or called directly for a chunk of
+    one point, where an outer vmap would only add its dispatch to every op of the model (10-20%
+    of a small network's products, benchmarks/peers.py)."""
+    if points.shape[0] == 1:
+        return per_point(points[0], vectors[0])[None]
+    return vmap(per_point)(points, vectors)
 
 
 class AutogradJacobian(JacobianOperator):

@@ -116,24 +116,25 @@ def peak_bytes(fn: Callable[[], object]) -> int | None:
 
 
 def fastest_chunk(model: ScoreModel, point: torch.Tensor, t: float, target: str, path: AutodiffPath,
-                  step: str | float, most: int, budget: int) -> tuple[int, dict]:
+                  step: str | float, most: int, budget: int, guess: int = 0) -> tuple[int, dict]:
     """The CPU chunk size (pairs) of the fewest seconds per product among CHUNK_SIZES, each at
     most `most` (the pairs a sweep has), within `budget` bytes: the memory of a chunk is
     measured (peak_bytes) on the smallest size, and sizes beyond budget / bytes-per-pair are
-    not tried. A size is tried only while the previous one was faster per product than the one
-    before it. Returns the size and what was measured."""
+    not tried, the bytes per pair being the larger of the measured and `guess` (the peak grows
+    less than a chunk takes where the allocator reuses memory freed before). A size is tried
+    only while the previous one was faster per product than the one before it. Returns the size
+    and what was measured."""
     dim = point.numel()
     sizes = sorted({min(most, s) for s in CHUNK_SIZES})
     record: dict = {"seconds_per_product": {}}
     first = sizes[0]
-    per_pair = None
     n_points = max(1, first // dim)
     width = min(first, dim)
     used = peak_bytes(_products(model, point, t, target, path, width, n_points, step))
-    if used:
-        per_pair = -(-used // (n_points * width))
-        record["bytes_per_pair"] = per_pair
-        sizes = [s for s in sizes if s == first or s * per_pair <= budget]
+    measured = 0 if used is None else -(-used // (n_points * width))
+    record["measured_bytes_per_pair"] = measured if used is not None else None
+    per_pair = max(measured, guess, 1)
+    sizes = [s for s in sizes if s == first or s * per_pair <= budget]
     best, best_s = first, math.inf
     for size in sizes:
         n_points = max(1, size // dim)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 
 from spectra.errors import SpectraError
-
-PARAMETERIZATIONS = ("eps", "x0", "v", "score")
-TARGETS = ("score", "denoiser", "eps")
+from spectra.names import PARAMETERIZATIONS, TARGETS
 
 
 def check_parameterization(name: str) -> str:

@@ -233,6 +233,19 @@ def _wrap(obj: Any, spec: str, schedule: str | None, parameterization: str | Non
     return NetworkScoreModel(obj, schedule_obj, parameterization, shape=shape, spec=spec)
 
 
+def model_from_object(obj: Any, schedule: str | Schedule | None = None, parameterization: str | None = None,
+                      shape: tuple[int, ...] | None = None) -> ScoreModel:
+    """The ScoreModel of an object in memory: a ScoreModel as it is, or a bare nn.Module called as
+    net(x, t) that predicts `parameterization` under `schedule` (a name or a Schedule); its spec
+    (recorded in run files) is python:CLASS."""
+    spec = f"python:{type(obj).__name__}"
+    schedule_obj = schedule if isinstance(schedule, Schedule) else None
+    name = None if schedule_obj is not None else schedule
+    model = _wrap(obj, spec, name, parameterization, shape, schedule_obj, "plain")
+    model.spec = model.spec or spec
+    return model
+
+
 # --- spectra train checkpoints -----------------------------------------------------------------
 def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
     """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution (an

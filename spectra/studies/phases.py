@@ -23,11 +23,11 @@ from spectra import analysis, hdf5, plot, store
 from spectra.errors import SpectraError, first_line
 from spectra.limits import require_memory
 from spectra.lock import locked
+from spectra.names import DEFAULT_RESOLUTION
 from spectra.outputs import check_folder, check_replaceable
 from spectra.spec_toml import load_manifold, manifold_from_table
 from spectra.theory.prediction import LinearTheory
 
-DEFAULT_RESOLUTION = 0.1
 THEORY_FORMAT = "spectra-theory"
 METRICS_FORMAT = "spectra-metrics"
 METRICS = "metrics.json"

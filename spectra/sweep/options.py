@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spectra.errors import SpectraError
-from spectra.jacobian.methods import COMPILABLE, METHODS
-from spectra.models.parameterization import TARGETS
+from spectra.names import COMPILABLE, METHODS, TARGETS
 
 DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
@@ -80,6 +79,14 @@ def parse_step(step: str) -> str | float:
     if not (value > 0 and math.isfinite(value)):
         raise SpectraError(f"--step must be positive, got {step!r}")
     return value
+
+
+def check_request(opts: EstimateOptions, resume: bool, overwrite: bool) -> None:
+    """Refuse options that cannot go together or are out of range (validate), and --resume with
+    --overwrite, before anything is imported or read."""
+    if resume and overwrite:
+        raise SpectraError("--resume and --overwrite conflict: choose one")
+    validate(opts)
 
 
 def validate(opts: EstimateOptions) -> None:

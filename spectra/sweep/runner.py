@@ -10,6 +10,7 @@ one time start the next time's block, so a resumed chunk's values equal an unint
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from spectra import distributed, store
 from spectra.errors import SpectraError, first_line
 from spectra.jacobian.methods import jacobian_spectra, topk_at
-from spectra.jacobian.operators import CompileFallbackWarning
+from spectra.jacobian.operators import CompileFallbackWarning, reporting
 from spectra.sweep.inputs import SEED_DIRECTIONS, directions, points_at, rng
 from spectra.sweep.options import EstimateOptions
 from spectra.sweep.setup import Setup, per_chunk, topk_tolerance
@@ -33,6 +34,7 @@ class Dense:
     recorded path's method), computed only at times where some pair of the chunk is left."""
 
     replays = False
+    counts_products = True
     failure = "(try --method auto)"
 
     def __init__(self, setup: Setup, opts: EstimateOptions) -> None:
@@ -64,6 +66,7 @@ class TopK:
     values came from. Warns at the end about Jacobians that did not converge."""
 
     replays = True
+    counts_products = False
     failure = "(top-k needs JVPs and VJPs)"
 
     def __init__(self, setup: Setup, opts: EstimateOptions) -> None:
@@ -111,8 +114,7 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
     n, chunk = len(setup.x0), per_chunk(setup)
     with store.TrajectoryWriter(target) as writer:
         done = writer.done
-        bar = tqdm(total=done.size, initial=int(done.sum()), disable=not progress or None, unit="jac",
-                   desc="spectra topk" if setup.path.method == "topk" else "spectra", leave=False)
+        bar = _progress(setup, done, progress)
         for start in range(0, n, chunk):
             idx = np.arange(start, min(start + chunk, n))
             if not sweep.owns(start // chunk) or done[idx].all():
@@ -125,7 +127,8 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
                 points = points_at(setup.x0_t[idx], opts, float(setup.alpha[ti]), float(setup.sigma[ti]),
                                    idx, ti)
                 tick = time.perf_counter()
-                values = _values(strategy, points, float(t), ti, idx)
+                with reporting(bar.update) if strategy.counts_products else contextlib.nullcontext():
+                    values = _values(strategy, points, float(t), ti, idx)
                 seconds = (time.perf_counter() - tick) / len(idx)
                 if not todo.any():
                     continue
@@ -135,10 +138,22 @@ def _loop(target: Path, setup: Setup, opts: EstimateOptions, strategy: Dense | T
                     if opts.save_points else None
                 writer.write(idx[todo], ti, kept, saved)
                 strategy.written(todo)
-                bar.update(int(todo.sum()))
+                if not strategy.counts_products:
+                    bar.update(int(todo.sum()))
         bar.close()
         writer.finish()
     strategy.finish()
+
+
+def _progress(setup: Setup, done: np.ndarray, shown: bool) -> tqdm:
+    """The progress bar: in products, with tqdm's rate and ETA, for dense methods (D per Jacobian,
+    so a long Jacobian shows progress inside it); in Jacobians for top-k, whose products are not
+    known in advance."""
+    if setup.path.method == "topk":
+        return tqdm(total=done.size, initial=int(done.sum()), disable=not shown or None, unit="jac",
+                    desc="spectra topk", leave=False)
+    return tqdm(total=done.size * setup.dim, initial=int(done.sum()) * setup.dim, disable=not shown or None,
+                unit="product", unit_scale=True, desc="spectra", leave=False)
 
 
 def _values(strategy: Dense | TopK, points: torch.Tensor, t: float, ti: int, idx: np.ndarray

@@ -68,10 +68,12 @@ class Setup:
         return math.prod(self.x0.shape[1:])
 
 
-def content(opts: EstimateOptions) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, Any]]:
-    """What the values are computed from: the model (as loaded), the time grid, the anchors and
-    their fingerprints."""
-    model = load_model(opts.model, opts.schedule, opts.parameterization, opts.shape)
+def content(opts: EstimateOptions, given: ScoreModel | None = None
+            ) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, Any]]:
+    """What the values are computed from: the model (`given`, or loaded from opts.model), the
+    time grid, the anchors and their fingerprints."""
+    model = given if given is not None else load_model(opts.model, opts.schedule, opts.parameterization,
+                                                       opts.shape)
     if opts.class_label is not None:
         model.condition(opts.class_label)
     digest = model_digest(model)  # before the model moves: its weights as loaded
@@ -88,10 +90,12 @@ def fingerprints_of(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[s
             "data": file_digest(opts.data) if data_file else None}
 
 
-def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep) -> Setup:
+def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep,
+              given: ScoreModel | None = None) -> Setup:
     """Everything a rank needs before computing (Setup), with the sizes checked against memory,
-    the preflight run, and the path probed (or, on resume, the recorded one: `old_attrs`)."""
-    model, times, x0, fingerprints = content(opts)
+    the preflight run, and the path probed (or, on resume, the recorded one: `old_attrs`);
+    `given`: a model in memory instead of opts.model."""
+    model, times, x0, fingerprints = content(opts, given)
     schedule = model.schedule
     dim = math.prod(x0.shape[1:])
     if opts.method == "topk" and opts.k > dim:
@@ -128,8 +132,9 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
         path = probe_path(model, *probe, opts.target, opts.method, compile=opts.compile)
     k = min(opts.k or dim, dim)
     if chosen is None and device.type == "cpu" and path.method in DENSE_METHODS:
+        guess = dim * itemsize * max(1, model.activation_factor)
         batch_size, path.timings["chunk"] = fastest_chunk(
-            model, *probe, opts.target, path, step, len(x0) * dim, available_memory() // 4)
+            model, *probe, opts.target, path, step, len(x0) * dim, available_memory() // 4, guess)
     if chosen is None and device.type == "cuda":
         try:
             measured = measured_pair_bytes(model, *probe, opts.target, path, step, k)

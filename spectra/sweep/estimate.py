@@ -1,4 +1,4 @@
-"""anchors x times -> engine -> store: the body of `spectra estimate`.
+"""anchors x times -> engine -> store: the body of `spectra estimate` and `spectra.estimate()`.
 
 The sweep's pieces live in spectra.sweep: its options (sweep.options), what it evaluates at
 (sweep.inputs), how it runs (sweep.setup), its run file across resumes and shards
@@ -21,8 +21,9 @@ from spectra import distributed, outputs, store
 from spectra.errors import SpectraError
 from spectra.limits import require_disk
 from spectra.lock import locked
+from spectra.models.base import ScoreModel
 from spectra.sweep import runner
-from spectra.sweep.options import EstimateOptions, validate
+from spectra.sweep.options import EstimateOptions, check_request
 from spectra.sweep.resume import (
     check_content,
     check_resumable,
@@ -45,15 +46,15 @@ def estimate(
     progress: bool = True,
     command: str = "",
     rendezvous_timeout: float = distributed.DEFAULT_RENDEZVOUS_TIMEOUT,
+    model: ScoreModel | None = None,
 ) -> Path:
     """Run (or resume) a trajectory estimate and return the path of the complete run file.
     Under torchrun the anchors are shared out among the ranks (spectra.distributed), whose
     rendezvous waits at most `rendezvous_timeout` seconds. The process that writes RUN.h5 (rank
-    0) holds spectra's lock on it throughout (spectra.lock)."""
+    0) holds spectra's lock on it throughout (spectra.lock). `model`: a model already in memory
+    (spectra.api), used instead of loading opts.model."""
     out = Path(out)
-    if resume and overwrite:
-        raise SpectraError("--resume and --overwrite conflict: choose one")
-    validate(opts)
+    check_request(opts, resume, overwrite)
     sweep = distributed.current(rendezvous_timeout)
     with contextlib.ExitStack() as stack:
         error = None
@@ -65,18 +66,18 @@ def estimate(
             except SpectraError as exc:
                 error = str(exc)
         sweep.agree(error)
-        _estimate_locked(out, opts, resume, overwrite, progress, command, sweep)
+        _estimate_locked(out, opts, resume, overwrite, progress, command, sweep, model)
     return out
 
 
 def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: bool, progress: bool,
-                     command: str, sweep: distributed.Sweep) -> None:
+                     command: str, sweep: distributed.Sweep, model: ScoreModel | None) -> None:
     exists = out.exists()
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     old_attrs = check_resumable(out, opts) if exists and resume else None
     if old_attrs is not None and old_attrs.get("complete"):
-        _, times, x0, fingerprints = content(opts)
+        _, times, x0, fingerprints = content(opts, model)
         check_content(out, old_attrs, fingerprints, x0, times)
         return
     if exists and overwrite:
@@ -84,7 +85,7 @@ def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: 
 
     setup, error = None, None
     try:
-        setup = setup_run(opts, old_attrs, sweep)
+        setup = setup_run(opts, old_attrs, sweep, model)
         if old_attrs is not None:
             check_content(out, old_attrs, setup.fingerprints, setup.x0, setup.times)
         elif sweep.rank == 0:
