@@ -77,6 +77,14 @@ def _range(values: np.ndarray) -> list[float] | None:
     return [float(np.nanmin(values)), float(np.nanmax(values))]
 
 
+def _numbers(table: Any) -> dict[str, float]:
+    """The numeric entries of a recorded table (a damaged file's may hold anything)."""
+    if not isinstance(table, dict):
+        return {}
+    return {str(k): float(v) for k, v in table.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _autodiff_line(path: dict[str, Any]) -> list[str]:
     """How the products were taken, when autodiff ran (none for finite differences)."""
     if path.get("engine", "none") == "none":
@@ -86,14 +94,17 @@ def _autodiff_line(path: dict[str, Any]) -> list[str]:
     if path.get("tried"):
         line += f" (after {len(path['tried'])} failed path(s): {path['tried'][0]['error'][:80]})"
     lines = [line]
-    timed = path.get("timings", {})
-    if timed.get("paths"):
-        fastest = ", ".join(f"{label} {1e6 * s:.3g} us" for label, s in sorted(timed["paths"].items(),
-                                                                            key=lambda item: item[1]))
+    timed = path.get("timings") if isinstance(path.get("timings"), dict) else {}
+    paths = _numbers(timed.get("paths"))
+    if paths:
+        ranked = sorted(paths.items(), key=lambda item: item[1])
+        fastest = ", ".join(f"{label} {1e6 * s:.3g} us" for label, s in ranked)
         lines.append(f"  measured    per product: {fastest}")
-    if timed.get("block"):
-        blocks = ", ".join(f"{b}: {1e6 * s:.3g} us" for b, s in timed["block"]["seconds_per_product"].items())
-        lines.append(f"  block size  per product by block size: {blocks}")
+    block = timed.get("block")
+    blocks = _numbers(block.get("seconds_per_product")) if isinstance(block, dict) else {}
+    if blocks:
+        shown = ", ".join(f"{b}: {1e6 * s:.3g} us" for b, s in blocks.items())
+        lines.append(f"  block size  per product by block size: {shown}")
     return lines
 
 

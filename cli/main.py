@@ -99,18 +99,22 @@ def cli() -> None:
 
 @cli.command("estimate")
 @click.option("--model", default=None, help="Model spec (.toml, file.py:factory, "
-              "package.module:factory, edm:FACTORY, score_sde:FACTORY, diffusers:FOLDER); "
-              "omitted: the shipped demo model.")
+              "package.module:factory, edm:FACTORY, edm:SNAPSHOT.pkl with --allow-pickle, "
+              "score_sde:FACTORY, diffusers:FOLDER or diffusers:ORG/NAME from the local Hugging Face "
+              "cache, a spectra train checkpoint .pt); omitted: the shipped demo model.")
 @click.option("--data", default=None, help="Anchors: omitted (the model's own data), an array "
-              "file (.npy/.npz/.h5 of shape (N, *shape)) or 'noise'.")
+              "file (.npy/.npz/.h5 of shape (N, *shape); FILE:KEY selects an array) or 'noise'.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file (HDF5).")
 @click.option("--n-samples", type=int, default=None,
               help="Number of anchors [default: 8, or fewer if a data file holds fewer].")
 @click.option("--times", callback=_float_list, default=None, help="Comma-separated times.")
 @click.option("--n-times", type=int, default=20, show_default=True,
-              help="Log-spaced grid size.")
+              help="Grid size (see --spacing).")
 @click.option("--t-min", type=float, default=None, help="Grid start [default: schedule's].")
 @click.option("--t-max", type=float, default=None, help="Grid end [default: schedule's].")
+@click.option("--spacing", type=click.Choice(["tau", "t"]), default=None,
+              help="The grid: log-spaced in tau = sigma^2/alpha^2 (the VE-equivalent variance, "
+              "where the theory's phases lie) or in t [default: tau; a resume keeps the run's].")
 @click.option("--target", type=click.Choice(TARGETS), default=None,
               help="Jacobian of which prediction [default: score; denoiser for --method topk].")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
@@ -143,6 +147,9 @@ def cli() -> None:
               help="Sample shape C,H,W for models that cannot tell it.")
 @click.option("--class-label", type=int, default=None,
               help="Class of a class-conditional network (EDM's label_dim, diffusers' num_class_embeds).")
+@click.option("--allow-pickle", is_flag=True,
+              help="Let an edm:SNAPSHOT.pkl model be unpickled (a pickle runs code: only for files you "
+              "trust).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -216,12 +223,15 @@ def info_cmd(run: str, as_json: bool) -> None:
               "covariance: samples (.npy/.npz/.h5) or an analytic .toml spec.")
 @click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True,
               help="Delta: the smallest gap (normalized units) that counts as visible.")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+              show_default=True, help="Figure format.")
+@click.option("--dpi", type=int, default=150, show_default=True, help="Figure resolution.")
 def compare_cmd(run: str, out: str | None, manifold: str | None, data: str | None,
-                resolution: float) -> None:
+                resolution: float, fmt: str, dpi: int) -> None:
     """Hold a run against random-matrix theory: metrics.json, figures, and a theory/ group."""
     from spectra.studies.phases import compare
 
-    result = compare(run, out, manifold=manifold, data=data, resolution=resolution)
+    result = compare(run, out, manifold=manifold, data=data, resolution=resolution, fmt=fmt, dpi=dpi)
     m = result.metrics
     first = min(m["times"], key=lambda row: row["tau"])
     dist = [row["spectrum_distance"] for row in m["times"] if row["spectrum_distance"] is not None]
@@ -255,11 +265,14 @@ def theory_cmd(manifold: str, out: str, **options) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures [default: RUN-plots beside the run].")
 @click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True)
-def plot_cmd(run: str, out: str | None, resolution: float) -> None:
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+              show_default=True, help="Figure format.")
+@click.option("--dpi", type=int, default=150, show_default=True, help="Figure resolution.")
+def plot_cmd(run: str, out: str | None, resolution: float, fmt: str, dpi: int) -> None:
     """Figures of a run's spectra over diffusion time (no theory)."""
     from spectra.studies.phases import plot_run
 
-    paths = plot_run(run, out, resolution)
+    paths = plot_run(run, out, resolution, fmt, dpi)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 

@@ -11,6 +11,7 @@ Everything else is an option of `spectra estimate` under its Python name (docs/c
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,9 +68,10 @@ def estimate(
     in_memory = model is not None and not isinstance(model, (str, Path))
     shape = tuple(int(s) for s in shape) if shape is not None else None
     given = None
-    if in_memory:
+    if in_memory:  # a copy: the sweep conditions the model and moves it to its device and dtype
         given = model if isinstance(model, ScoreModel) else model_from_object(model, schedule,
                                                                                parameterization, shape)
+        given = copy.deepcopy(given)
         spec = given.spec
     else:
         spec = None if model is None else str(model)

@@ -1,7 +1,8 @@
 """Read sample arrays (N, *shape) from .npy, .npz and .h5 files, safely.
 
-.npy/.npz are read with allow_pickle=False; .npz and .h5 files holding several arrays must name
-one `x` (or `data` / `samples`); a file with a single array needs no name. A `spectra train`
+.npy/.npz are read with allow_pickle=False; in .npz and .h5 files holding several arrays,
+`FILE:KEY` selects one (else one named `x`, `data` or `samples` is taken); a file with a single
+array needs no name. A `spectra train`
 checkpoint (.pt, read with weights_only=True) gives the training points it stores (`--n-train`).
 Before any array is read its header's size is checked against the file and the memory available
 (a damaged or hostile header may declare terabytes), and an .h5 dataset must keep its data inside
@@ -23,15 +24,35 @@ from spectra.limits import require_memory
 _PREFERRED = ("x", "data", "samples")
 
 
-def _pick(names: list[str], path: Path) -> str:
+def _pick(names: list[str], path: Path, key: str | None = None) -> str:
+    if key is not None:
+        if key not in names:
+            raise SpectraError(f"{path} has no array {key!r} (it holds {', '.join(names)})")
+        return key
     if len(names) == 1:
         return names[0]
     for name in _PREFERRED:
         if name in names:
             return name
     raise SpectraError(
-        f"{path} holds several arrays ({', '.join(names)}); name one of them 'x'"
+        f"{path} holds several arrays ({', '.join(names)}); select one as {path}:NAME"
     )
+
+
+#: the file types that hold named arrays, selected by FILE:KEY
+KEYED = (".npz", ".h5", ".hdf5")
+
+
+def data_file(spec: str | Path) -> tuple[Path, str | None]:
+    """The file and the array key of a data spec: `FILE` or `FILE:KEY` (for .npz and .h5
+    files; a path that exists as it is written is a file, colons and all)."""
+    path = Path(spec)
+    if path.exists() or ":" not in str(spec):
+        return path, None
+    head, _, key = str(spec).rpartition(":")
+    if Path(head).suffix.lower() in KEYED and key:
+        return Path(head), key
+    return path, None
 
 
 def _declared(shape: tuple[int, ...], dtype: np.dtype) -> float:
@@ -46,7 +67,7 @@ def _read_npy(path: Path) -> np.ndarray:
     return np.array(arr)
 
 
-def _read_npz(path: Path) -> np.ndarray:
+def _read_npz(path: Path, key: str | None = None) -> np.ndarray:
     """One array of an .npz archive (named as np.load names them: the member's name less
     `.npy`): its header read first and checked against the member's uncompressed length and the
     memory, then the array read from the same member."""
@@ -54,7 +75,7 @@ def _read_npz(path: Path) -> np.ndarray:
         members = {i.filename[: -len(".npy")]: i for i in archive.infolist() if i.filename.endswith(".npy")}
         if not members:
             raise SpectraError(f"{path} holds no array")
-        name = _pick(list(members), path)
+        name = _pick(list(members), path, key)
         with archive.open(members[name]) as fh:
             version = np.lib.format.read_magic(fh)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -74,18 +95,19 @@ def _read_npz(path: Path) -> np.ndarray:
         return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def _read_h5(path: Path) -> np.ndarray:
+def _read_h5(path: Path, key: str | None = None) -> np.ndarray:
     with hdf5.open_file(path) as f:
         names = hdf5.top_level_datasets(f)
         if not names:
             raise SpectraError(f"{path} holds no dataset")
-        name = _pick(names, path)
+        name = _pick(names, path, key)
         return hdf5.read(f, name, path)
 
 
-def load_array(path: str | Path) -> np.ndarray:
-    """The sample array in `path`, as float64, shape (N, *shape) with N >= 1, real and finite."""
-    path = Path(path)
+def load_array(spec: str | Path) -> np.ndarray:
+    """The sample array of a data spec (`FILE` or `FILE:KEY`, data_file), as float64, shape
+    (N, *shape) with N >= 1, real and finite."""
+    path, key = data_file(spec)
     if not path.is_file():
         raise SpectraError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -95,7 +117,8 @@ def load_array(path: str | Path) -> np.ndarray:
         raise SpectraError(f"unsupported data file type {suffix!r} (use .npy, .npz, .h5 or a "
                            "spectra train checkpoint .pt)")
     try:
-        arr = np.asarray(readers[suffix](path))
+        read = readers[suffix]
+        arr = np.asarray(read(path, key) if suffix in KEYED else read(path))
     except SpectraError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,

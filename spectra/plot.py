@@ -1,8 +1,11 @@
-"""Figures of measured spectra, optionally with the theory overlaid (PNG, matplotlib's Agg canvas).
+"""Figures of measured spectra, optionally with the theory overlaid (matplotlib; PNG, PDF or SVG by
+the path's suffix, at a given dpi).
 
 All figures use the normalized scale of spectra.analysis: |mu|, the magnitudes of the eigenvalues
 of sigma^2 J_score (the normalized singular values; theory.md 2), against the VE-equivalent
-variance tau on a log axis. Functions take arrays and write one PNG each.
+variance tau on a log axis. Functions take arrays and write one figure each. Axes always hold
+every finite value they are given (nothing is clipped), colour that encodes an index has a
+colorbar, and legends sit inside the figure.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from spectra.analysis import gap_widths, median_spectrum
 from spectra.errors import SpectraError
 
-FIGSIZE, DPI = (12.0, 6.0), 100
+FIGSIZE, DPI = (12.0, 6.0), 150
+#: the figure formats spectra writes
+FORMATS = ("png", "pdf", "svg")
+TAU_LABEL = r"$\tau = \sigma^2 / \alpha^2$ (VE-equivalent noise variance)"
+MU_LABEL = r"normalized singular value $|\mu|$ of $\sigma^2 J_{\mathrm{score}}$"
 PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:green"}
 
 
@@ -26,35 +35,50 @@ PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:
 _PNG_SIGNATURE, _SOFTWARE = b"\x89PNG\r\n\x1a\n", b"Software\x00Matplotlib"
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=dpi)
     return path
 
 
 def check_own_figure(path: Path) -> None:
-    """Raise SpectraError unless `path` is a PNG written by matplotlib (as spectra's figures are):
-    a figure command never replaces someone else's image or file."""
+    """Raise SpectraError unless `path` is a figure written by matplotlib (as spectra's are) in
+    the format its suffix names: a figure command never replaces someone else's file."""
     try:
         with path.open("rb") as fh:
             head = fh.read(4096)
+            fh.seek(max(0, path.stat().st_size - 4096))
+            tail = fh.read(4096)
     except OSError as exc:
         raise SpectraError(exc.strerror or str(exc)) from None
-    if not head.startswith(_PNG_SIGNATURE) or _SOFTWARE not in head:
+    # matplotlib writes a PDF's Info dictionary last, an SVG's metadata first
+    ours = {".png": head.startswith(_PNG_SIGNATURE) and _SOFTWARE in head,
+            ".pdf": head.startswith(b"%PDF") and b"/Producer (Matplotlib pdf backend" in tail,
+            ".svg": b"<svg" in head and b"<dc:title>Matplotlib v" in head}
+    if not ours.get(path.suffix, False):
         raise SpectraError("not a figure made by spectra")
 
 
-def _finish_tau_axes(fig: Figure, ax, path: Path, ylabel: str, title: str) -> Path:
-    """Log tau axis, a [0, 1] normalized y axis, the legend outside on the right; save."""
+def _ylim_holding(ax, values: list[np.ndarray], floor: float = 1.05) -> None:
+    """A y axis from just below 0 to the larger of `floor` and 5% above the largest finite value,
+    so that no value is clipped."""
+    finite = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in values if v is not None]
+    top = max([floor] + [float(v.max()) * 1.05 for v in finite if v.size])
+    ax.set_ylim(-0.02 * top, top)
+
+
+def _finish_tau_axes(fig: Figure, ax, path: Path, ylabel: str, title: str, values: list[np.ndarray],
+                     dpi: int) -> Path:
+    """Log tau axis, a y axis holding every value, the legend inside the axes; save."""
     ax.set_xscale("log")
-    ax.set_xlabel("tau = sigma^2 / alpha^2 (VE-equivalent noise variance)")
+    ax.set_xlabel(TAU_LABEL)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.05)
+    _ylim_holding(ax, values)
     ax.set_title(title.strip())
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, dpi)
 
 
 def figure_times(tau: np.ndarray, count: int = 4) -> np.ndarray:
@@ -66,7 +90,7 @@ def figure_times(tau: np.ndarray, count: int = 4) -> np.ndarray:
 
 def spectra_at_times(
     path: Path, tau: np.ndarray, mu: np.ndarray, predicted: np.ndarray | None = None,
-    label: str = "",
+    label: str = "", dpi: int = DPI,
 ) -> Path:
     """Sorted normalized singular values |mu| against their index at four times, median over
     anchors with the anchors' range shaded; `predicted` (T, D) drawn as a line.
@@ -87,14 +111,14 @@ def spectra_at_times(
             pk = np.arange(1, predicted.shape[-1] + 1)
             ax.plot(pk, np.abs(predicted[ti]), "-", color="black", lw=1, label="theory")
         ax.set_yscale("log")
-        ax.set_title(f"tau = {tau[ti]:.3g}")
-        ax.set_xlabel("index (sorted by mu, descending)")
+        ax.set_title(rf"$\tau$ = {tau[ti]:.3g}")
+        ax.set_xlabel(r"index $k$ (sorted by $\mu$, descending)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("normalized singular value |mu|")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_ylabel(MU_LABEL)
+    axes[0].legend(loc="lower left", fontsize=8, framealpha=0.85)
     fig.suptitle(f"Spectrum at {len(idx)} times {label}".strip())
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, dpi)
 
 
 def _phase_lines(ax, phases: dict | None, style: str, tag: str) -> None:
@@ -118,9 +142,11 @@ def _phase_lines(ax, phases: dict | None, style: str, tag: str) -> None:
 def trajectories(
     path: Path, tau: np.ndarray, median_mu: np.ndarray, predicted: np.ndarray | None = None,
     predicted_phases: dict | None = None, measured_phases: dict | None = None, label: str = "",
+    dpi: int = DPI,
 ) -> Path:
-    """Every normalized singular value |mu| (median over anchors, (T, K)) against tau, with the
-    theory's values dashed and the phase boundaries marked (theory solid, measured hatched)."""
+    """Every normalized singular value |mu| (median over anchors, (T, K)) against tau, coloured
+    by its index k (a colorbar), with the theory's values dashed and the phase boundaries marked
+    (theory solid, measured hatched)."""
     order = np.argsort(tau)
     tau, median_mu = tau[order], median_mu[order]
     fig = Figure(figsize=FIGSIZE)
@@ -129,20 +155,24 @@ def trajectories(
         predicted = predicted[order]
         ax.plot(tau, np.abs(predicted), color="0.6", lw=0.6, ls="--")
         ax.plot([], [], color="0.6", lw=0.6, ls="--", label="theory")
-    colors = np.linspace(0, 1, median_mu.shape[1])
+    count = median_mu.shape[1]
     cmap = colormaps["viridis"]
-    for k in range(median_mu.shape[1]):
-        ax.plot(tau, np.abs(median_mu[:, k]), color=cmap(colors[k]), lw=0.9)
+    norm = Normalize(vmin=1, vmax=max(count, 2))
+    for k in range(count):
+        ax.plot(tau, np.abs(median_mu[:, k]), color=cmap(norm(k + 1)), lw=0.9)
     ax.plot([], [], color=cmap(0.5), lw=0.9, label="measured (median over anchors)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01,
+                 label=r"index $k$ of the value (sorted, descending)")
     _phase_lines(ax, predicted_phases, "-", "theory")
     _phase_lines(ax, measured_phases, ":", "measured")
-    return _finish_tau_axes(fig, ax, path, "normalized singular value |mu| (sigma^2 J_score)",
-                            f"Normalized spectrum over diffusion time {label}")
+    values = [np.abs(median_mu)] + ([np.abs(predicted)] if predicted is not None else [])
+    return _finish_tau_axes(fig, ax, path, MU_LABEL, f"Normalized spectrum over diffusion time {label}",
+                            values, dpi)
 
 
 def gap_width_curves(
     path: Path, tau: np.ndarray, median_mu: np.ndarray, delta: float, indices: list[int],
-    predicted: np.ndarray | None = None, label: str = "",
+    predicted: np.ndarray | None = None, label: str = "", dpi: int = DPI,
 ) -> Path:
     """Widths of the gaps at the given positions (mu_{p-1} - mu_p) against tau: measured
     (markers) and, with `predicted` (T, D), the theory's (lines); the resolution delta dashed."""
@@ -158,6 +188,9 @@ def gap_width_curves(
         ax.plot(tau, measured[:, p - 1], "o", ms=4, color=color, label=f"gap at index {p}: measured")
         if pred is not None:
             ax.plot(tau, pred[:, p - 1], "-", color=color, lw=1.2, label=f"gap at index {p}: theory")
-    ax.axhline(delta, color="black", ls="--", lw=1, label=f"resolution Delta = {delta:g}")
-    return _finish_tau_axes(fig, ax, path, "gap width (normalized units)",
-                            f"Spectral gaps over diffusion time {label}")
+    ax.axhline(delta, color="black", ls="--", lw=1, label=rf"resolution $\Delta$ = {delta:g}")
+    shown = [measured[:, [p - 1 for p in indices]]] if indices else []
+    if pred is not None and indices:
+        shown.append(pred[:, [p - 1 for p in indices]])
+    return _finish_tau_axes(fig, ax, path, r"gap width $\mu_{p-1} - \mu_p$ (normalized units)",
+                            f"Spectral gaps over diffusion time {label}", shown, dpi)

@@ -168,6 +168,28 @@ class Schedule:
         """VE-equivalent variance tau(t) = sigma^2 / alpha^2."""
         return self.sigma(t) ** 2 / self.alpha(t) ** 2
 
+    def tau_grid(self, t_min: float, t_max: float, n: int) -> np.ndarray:
+        """n times in [t_min, t_max] whose tau is log-spaced from tau(t_min) to tau(t_max) (tau
+        increases with t in every schedule): the inverse of tau by bisection, 80 halvings of the
+        interval (to float64 resolution); for integer timesteps the step nearest in log tau,
+        repeats merged."""
+        lo, hi = float(t_min), float(t_max)
+        targets = np.log(np.geomspace(float(self.tau(lo)), float(self.tau(hi)), n))
+        if self.integer_times:
+            steps = np.arange(np.ceil(lo), np.floor(hi) + 1)
+            log_tau = np.log(self.tau(steps))
+            return np.unique(steps[np.abs(log_tau[None, :] - targets[:, None]).argmin(axis=1)])
+        a, b = np.full(n, lo), np.full(n, hi)
+        for _ in range(80):
+            mid = (a + b) / 2
+            below = np.log(self.tau(mid)) < targets
+            a, b = np.where(below, mid, a), np.where(below, b, mid)
+        grid = np.clip((a + b) / 2, lo, hi)
+        grid[0] = lo
+        if n > 1:
+            grid[-1] = hi
+        return grid
+
     # --- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         if self.alphas_cumprod is not None:

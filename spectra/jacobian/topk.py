@@ -128,11 +128,12 @@ def topk_svd(
             largest on a CPU]. With b < k a cluster of more than
             b equal values can be misranked (each certificate stays true).
         max_products: budget of JVPs plus VJPs per point [default: unlimited without restarts
-            (the basis spans R^D within 2 D products), 4 D with them].
+            (the basis spans R^D within 2 D products), 4 D with them]; the first step (2 b
+            products) always runs.
         start: (N, D, b0) vectors to start from; the first b columns start the block.
         generator: torch generator for the random part of the start block.
         max_basis: columns of V kept before a thick restart [default: D, no restart]; at least
-            k + 2 b.
+            k + 2 b, and D when it comes within a block of D.
     """
     n, d = op.n_points, op.dim
     if not 1 <= k <= d:
@@ -140,6 +141,8 @@ def topk_svd(
     dtype, device = op.points.dtype, op.points.device
     b = min(block_size or max(1, k // 10), d)
     cap = d if max_basis is None else min(d, max(max_basis, k + 2 * b))
+    if cap > d - b:  # a basis that would reach within a block of D spans it: no restarts
+        cap = d
     budget = max_products if max_products is not None else (None if cap == d else 4 * d)
     v1 = torch.randn(n, d, b, dtype=dtype, device=device, generator=generator)
     if start is not None:

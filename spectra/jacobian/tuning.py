@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from spectra.errors import SpectraError, first_line
 from spectra.jacobian.methods import PRODUCTS, AutodiffPath, method_operator, runnable_paths
 from spectra.models.base import ScoreModel
 
@@ -84,11 +85,19 @@ def fastest_path(model: ScoreModel, point: torch.Tensor, t: float, target: str) 
     path's seconds per product in its `timings` (by label). Central differences when no path
     runs."""
     found, tried = runnable_paths(model, point, t, target, "auto")
+    width = min(point.numel(), PATH_WIDTH)
+    timings = {}
+    for path in list(found):
+        try:
+            timings[path.label] = product_seconds(model, point, t, target, path, width)
+        except Exception as exc:  # fails on a block of vectors (memory, say): not a candidate
+            found.remove(path)
+            tried.append({"method": path.method, "engine": path.engine, "context": path.context,
+                          "compiled": path.compiled, "error": f"{type(exc).__name__}: {first_line(exc)}"})
     if not found:
         return AutodiffPath("fd-central", "none", tried=tried)
-    width = min(point.numel(), PATH_WIDTH)
-    timings = {p.label: product_seconds(model, point, t, target, p, width) for p in found}
     best = min(found, key=lambda p: timings[p.label])
+    best.tried = tried
     best.timings = {"paths": timings, "width": width}
     return best
 
@@ -121,28 +130,42 @@ def fastest_chunk(model: ScoreModel, point: torch.Tensor, t: float, target: str,
     most `most` (the pairs a sweep has), within `budget` bytes: the memory of a chunk is
     measured (peak_bytes) on the smallest size, and sizes beyond budget / bytes-per-pair are
     not tried, the bytes per pair being the larger of the measured and `guess` (the peak grows
-    less than a chunk takes where the allocator reuses memory freed before). A size is tried
-    only while the previous one was faster per product than the one before it. Returns the size
-    and what was measured."""
+    less than a chunk takes where the allocator reuses memory freed before). Each size is timed
+    twice after a warm-up; the search stops after two sizes in a row that are no faster than the
+    best. Returns the size and what was measured."""
     dim = point.numel()
     sizes = sorted({min(most, s) for s in CHUNK_SIZES})
     record: dict = {"seconds_per_product": {}}
     first = sizes[0]
     n_points = max(1, first // dim)
     width = min(first, dim)
-    used = peak_bytes(_products(model, point, t, target, path, width, n_points, step))
+    try:
+        used = peak_bytes(_products(model, point, t, target, path, width, n_points, step))
+    except Exception as exc:  # user model code, on a block of vectors
+        raise SpectraError(f"{path.method} products of {width} vectors fail at t={t:g}: "
+                           f"{type(exc).__name__}: {first_line(exc)} (pass --batch-size)") from exc
     measured = 0 if used is None else -(-used // (n_points * width))
     record["measured_bytes_per_pair"] = measured if used is not None else None
     per_pair = max(measured, guess, 1)
     sizes = [s for s in sizes if s == first or s * per_pair <= budget]
-    best, best_s = first, math.inf
+    best, best_s, worse = first, math.inf, 0
     for size in sizes:
         n_points = max(1, size // dim)
-        spent = product_seconds(model, point, t, target, path, min(size, dim), n_points, step, repeats=1)
-        record["seconds_per_product"][str(size)] = spent
-        if spent >= best_s:
+        try:
+            spent = product_seconds(model, point, t, target, path, min(size, dim), n_points, step, repeats=2)
+        except Exception as exc:  # this size fails (memory, say): the smaller ones stand
+            record["failed"] = {str(size): f"{type(exc).__name__}: {first_line(exc)}"}
             break
-        best, best_s = size, spent
+        record["seconds_per_product"][str(size)] = spent
+        if spent < best_s:
+            best, best_s, worse = size, spent, 0
+            continue
+        worse += 1
+        if worse == 2:  # two larger sizes in a row no faster: past the best
+            break
+    if not record["seconds_per_product"]:
+        raise SpectraError(f"{path.method} products of {first} pairs fail at t={t:g}: "
+                           f"{record['failed'][str(first)]} (pass --batch-size)")
     return best, record
 
 
@@ -157,9 +180,14 @@ def fastest_block(model: ScoreModel, point: torch.Tensor, t: float, target: str,
     a GPU, where a block costs little more than one vector, takes the fastest up to k."""
     cap = max(1, k // 10) if point.device.type == "cpu" else k
     blocks = [2**i for i in range(int(math.log2(cap)) + 1)]
-    timings = {}
+    timings, failed = {}, {}
     for b in blocks:
         anchors = max(1, min(n_points, batch_size // b, max(1, PATH_WIDTH // b)))
-        timings[str(b)] = product_seconds(model, point, t, target, path, b, anchors, repeats=1)
-    best = min(blocks, key=lambda b: timings[str(b)])
-    return best, {"seconds_per_product": timings}
+        try:
+            timings[str(b)] = product_seconds(model, point, t, target, path, b, anchors, repeats=1)
+        except Exception as exc:  # this block fails (memory, say): the others stand
+            failed[str(b)] = f"{type(exc).__name__}: {first_line(exc)}"
+    if not timings:
+        raise SpectraError(f"top-k's products fail on blocks of vectors at t={t:g}: {failed['1']}")
+    best = min((int(b) for b in timings), key=lambda b: timings[str(b)])
+    return best, {"seconds_per_product": timings, **({"failed": failed} if failed else {})}

@@ -30,6 +30,9 @@ class ScoreModel(ABC):
     factory: str = ""
     #: Rough activation memory per sample in units of D values; sizes the default batch.
     activation_factor: int = 64
+    #: the range the model's training data spanned, where the model's kind tells (image models
+    #: of diffusers and EDM: [-1, 1]); anchors far outside it are warned of (sweep.inputs)
+    data_range: tuple[float, float] | None = None
 
     @abstractmethod
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ FOLDER holds either both configs side by side (`config.json` and `scheduler_conf
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 class DiffusersScoreModel(NetworkScoreModel):
     """A diffusers model called as `model(x, timesteps, return_dict=False)[0]` with int64 timesteps."""
+
+    data_range = (-1.0, 1.0)  # diffusers' image pipelines normalize images to [-1, 1]
 
     def __init__(self, module: torch.nn.Module, schedule: Schedule, parameterization: str,
                  shape: tuple[int, ...], spec: str, details: dict[str, Any]) -> None:
@@ -119,6 +122,27 @@ def _safetensors_only() -> bool | None:
     return True if (major, minor) < (2, 6) else None
 
 
+def hub_folder(name: str) -> str:
+    """The local folder of `name`: the folder itself when it exists, else, for a Hugging Face id
+    ORG/NAME, its snapshot in the local Hugging Face cache (HF_HOME, HF_HUB_CACHE), found without
+    any network access: spectra downloads nothing."""
+    if Path(name).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import LocalEntryNotFoundError
+    except ImportError:
+        raise SpectraError("diffusers: hub ids need the huggingface_hub package (installed with "
+                           "diffusers)") from None
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise SpectraError(f"{name} is neither a folder nor in the local Hugging Face cache; spectra "
+                           f"downloads nothing: fetch it first (huggingface-cli download {name})") from None
+    except Exception as exc:  # a malformed id or cache
+        raise SpectraError(f"cannot find {name} in the Hugging Face cache: {first_line(exc)}") from None
+
+
 def load_diffusers(folder: str, spec: str, parameterization: str | None = None) -> DiffusersScoreModel:
     """The ScoreModel of a diffusers FOLDER (see module docstring); `parameterization` overrides
     the scheduler's prediction_type."""
@@ -128,6 +152,7 @@ def load_diffusers(folder: str, spec: str, parameterization: str | None = None) 
         raise SpectraError(
             "diffusers: model specs need the diffusers package (pip install 'spectra[diffusers]')"
         ) from None
+    folder = hub_folder(folder)
     model_dir, sched_dir = _locate(Path(folder))
     model_cfg = _read_json(model_dir / "config.json")
     sched_cfg = _read_json(sched_dir / "scheduler_config.json")

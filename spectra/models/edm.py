@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import pickle
+from pathlib import Path
 
 import torch
 
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 from spectra.models.network import NetworkScoreModel
 from spectra.schedules import Schedule
 
@@ -50,6 +52,8 @@ class EDMScoreModel(NetworkScoreModel):
     """An edm: model. Modules of EDM's own codebase (they carry `use_fp16`) cast their network
     input to float32 whatever their weights are, so they run in float32 only."""
 
+    data_range = (-1.0, 1.0)  # EDM's datasets are images scaled to [-1, 1]
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> EDMScoreModel:
         if dtype != torch.float32 and hasattr(self.module, "use_fp16"):
             raise SpectraError(
@@ -57,6 +61,32 @@ class EDMScoreModel(NetworkScoreModel):
                 "use --dtype float32"
             )
         return super().to(device, dtype)
+
+
+def load_snapshot(path: str, allow_pickle: bool) -> torch.nn.Module:
+    """The network of an EDM snapshot pickle (`network-snapshot-*.pkl`: a dict whose `ema` is the
+    network, or a pickled network). A pickle runs the code it names when read, so it is read only
+    with `allow_pickle` (the user's --allow-pickle); EDM's own modules (torch_utils, dnnlib,
+    training) must be importable, from a clone of EDM on PYTHONPATH."""
+    file = Path(path)
+    if not allow_pickle:
+        raise SpectraError(f"{path} is a pickle, which runs code when it is read: pass --allow-pickle "
+                           "if you trust the file")
+    if not file.is_file():
+        raise SpectraError(f"EDM snapshot not found: {path}")
+    try:
+        with file.open("rb") as fh:
+            obj = pickle.load(fh)
+    except ModuleNotFoundError as exc:
+        raise SpectraError(f"cannot unpickle {path}: no module named {exc.name!r} (put a clone of EDM's "
+                           "repository on PYTHONPATH)") from None
+    except Exception as exc:  # anything a damaged or foreign pickle raises
+        raise SpectraError(f"cannot unpickle {path}: {type(exc).__name__}: {first_line(exc)}") from None
+    net = obj.get("ema") if isinstance(obj, dict) else obj
+    if not isinstance(net, torch.nn.Module):
+        raise SpectraError(f"{path} holds {type(net).__name__}, not an EDM network (expected a dict "
+                           "with 'ema' or a module)")
+    return net
 
 
 def edm_model(module: torch.nn.Module, spec: str, shape: tuple[int, ...] | None,

@@ -43,7 +43,7 @@ from spectra.models.analytic import (
 )
 from spectra.models.base import ScoreModel
 from spectra.models.diffusers_model import load_diffusers
-from spectra.models.edm import edm_model
+from spectra.models.edm import edm_model, load_snapshot
 from spectra.models.network import NetworkScoreModel
 from spectra.models.trained import ResidualMLP, TrainedScoreModel, n_parameters
 from spectra.schedules import Schedule
@@ -71,9 +71,11 @@ def load_model(
     schedule: str | None = None,
     parameterization: str | None = None,
     shape: tuple[int, ...] | None = None,
+    allow_pickle: bool = False,
 ) -> ScoreModel:
     """The ScoreModel a spec names (see module docstring). `schedule` is a schedule name or a
-    JSON-free 'name' for bare modules; `shape` overrides the sample shape of bare modules."""
+    JSON-free 'name' for bare modules; `shape` overrides the sample shape of bare modules;
+    `allow_pickle` lets `edm:SNAPSHOT.pkl` be unpickled (--allow-pickle)."""
     if spec is None:
         spec = demo_spec()
     prefix, _, rest = spec.partition(":")
@@ -83,6 +85,8 @@ def load_model(
     elif prefix == "diffusers":
         _unused(spec, "a diffusers model (its scheduler gives the schedule)", schedule=schedule)
         model = load_diffusers(rest, spec, parameterization)
+    elif prefix == "edm" and rest.endswith(".pkl"):
+        model = edm_model(load_snapshot(rest, allow_pickle), spec, shape, parameterization, schedule)
     elif prefix in INTERFACES and rest:
         model = _from_factory(rest, schedule, parameterization, shape, interface=prefix)
     elif spec.endswith(".toml"):

@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from spectra import analysis, hdf5, plot, store
+from spectra import analysis, dimensions, hdf5, plot, store
 from spectra.errors import SpectraError, first_line
 from spectra.limits import require_memory
 from spectra.lock import locked
@@ -31,7 +31,20 @@ from spectra.theory.prediction import LinearTheory
 THEORY_FORMAT = "spectra-theory"
 METRICS_FORMAT = "spectra-metrics"
 METRICS = "metrics.json"
-FIGURES = ("spectrum.png", "trajectories.png", "gaps.png")
+#: the figures' names, less the suffix of their format (plot.FORMATS)
+FIGURES = ("spectrum", "trajectories", "gaps")
+
+
+def figure_names(fmt: str) -> tuple[str, ...]:
+    if fmt not in plot.FORMATS:
+        raise SpectraError(f"--format must be one of {', '.join(plot.FORMATS)}, got {fmt!r}")
+    return tuple(f"{name}.{fmt}" for name in FIGURES)
+
+
+def check_dpi(dpi: int) -> int:
+    if not 10 <= dpi <= 2000:
+        raise SpectraError(f"--dpi must be between 10 and 2000, got {dpi}")
+    return int(dpi)
 
 
 @dataclass
@@ -93,11 +106,11 @@ def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
 def _data_theory(spec: str) -> LinearTheory:
     """Gaussian-equivalent theory of a data spec: samples in an array file, or a model spec
     whose data distribution is known (the exact covariance of a linear manifold or mixture)."""
-    path = Path(spec)
-    if path.suffix in (".npy", ".npz", ".h5", ".hdf5"):
-        from spectra.arrays import load_array
+    from spectra.arrays import data_file, load_array
 
-        x = load_array(path)
+    path = data_file(spec)[0]
+    if path.suffix in (".npy", ".npz", ".h5", ".hdf5"):
+        x = load_array(spec)
         n, dim = len(x), int(np.prod(x.shape[1:]))
         if n <= dim:
             raise SpectraError(
@@ -119,14 +132,16 @@ def _data_theory(spec: str) -> LinearTheory:
 
 # --- the comparison --------------------------------------------------------------------------
 def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | None = None,
-            data: str | None = None, resolution: float = DEFAULT_RESOLUTION) -> Comparison:
-    """Compare a run with its theory: write DIR/metrics.json and the figures, and the theory/
-    group into the run file (atomically, measured data untouched)."""
+            data: str | None = None, resolution: float = DEFAULT_RESOLUTION, fmt: str = "png",
+            dpi: int = plot.DPI) -> Comparison:
+    """Compare a run with its theory: write DIR/metrics.json and the figures (in format `fmt` at
+    `dpi`), and the theory/ group into the run file (atomically, measured data untouched)."""
     delta = check_resolution(resolution)
+    names, dpi = figure_names(fmt), check_dpi(dpi)
     run = Path(run)
     traj = store.load(run)
     theory, source = theory_for_run(traj, manifold, data)
-    out = _out_dir(run, out_dir, "theory", (METRICS, *FIGURES))
+    out = _out_dir(run, out_dir, "theory", (METRICS, *names))
     target = traj.attrs["target"]
     tau, alpha, sigma, t = traj["tau"], traj["alpha"], traj["sigma"], traj["t"]
     mu, done = measured_spectrum(traj)
@@ -164,7 +179,7 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
                                          "phases": json.dumps(phases["predicted"])})
 
     label = f"({run.name}, {target}; theory: {source['source']})"
-    figures = _figures(out, tau, mu, median, delta, phases["measured"], label, predicted,
+    figures = _figures(out, names, dpi, tau, mu, median, delta, phases["measured"], label, predicted,
                        phases["predicted"])
     metrics["figures"] = [f.name for f in figures]
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -172,33 +187,34 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
 
 
 def plot_run(run: str | Path, out_dir: str | Path | None = None,
-             resolution: float = DEFAULT_RESOLUTION) -> list[Path]:
-    """The trajectory figures of a run, without theory (`spectra plot`)."""
+             resolution: float = DEFAULT_RESOLUTION, fmt: str = "png", dpi: int = plot.DPI) -> list[Path]:
+    """The trajectory figures of a run, without theory (`spectra plot`), in format `fmt`."""
     delta = check_resolution(resolution)
+    names, dpi = figure_names(fmt), check_dpi(dpi)
     run = Path(run)
     traj = store.load(run)
-    out = _out_dir(run, out_dir, "plots", FIGURES)
+    out = _out_dir(run, out_dir, "plots", names)
     target = traj.attrs["target"]
     tau = traj["tau"]
     mu, _ = measured_spectrum(traj)
     median = analysis.median_spectrum(mu)
     measured = analysis.measured_phases(tau, median, delta)
-    return _figures(out, tau, mu, median, delta, measured, f"({run.name}, {target})")
+    return _figures(out, names, dpi, tau, mu, median, delta, measured, f"({run.name}, {target})")
 
 
-def _figures(out: Path, tau: np.ndarray, mu: np.ndarray, median: np.ndarray, delta: float,
-             measured_phases: dict, label: str, predicted: np.ndarray | None = None,
-             predicted_phases: dict | None = None) -> list[Path]:
-    """spectrum.png, trajectories.png and gaps.png (the gaps drawn: every intermediate and
-    manifold gap either side found), with the theory when `predicted` is given."""
+def _figures(out: Path, names: tuple[str, ...], dpi: int, tau: np.ndarray, mu: np.ndarray,
+             median: np.ndarray, delta: float, measured_phases: dict, label: str,
+             predicted: np.ndarray | None = None, predicted_phases: dict | None = None) -> list[Path]:
+    """The spectrum, trajectories and gaps figures as `names` (the gaps drawn: every
+    intermediate and manifold gap either side found), with the theory when `predicted` is given."""
     found = [measured_phases] + ([predicted_phases] if predicted_phases else [])
     indices = sorted({g["index"] for ph in found for g in ph["intermediate_gaps"]}
                      | {ph["manifold_gap_index"] for ph in found if ph["manifold_gap_index"]})
     return [
-        plot.spectra_at_times(out / FIGURES[0], tau, mu, predicted, label),
-        plot.trajectories(out / FIGURES[1], tau, median, predicted, predicted_phases,
-                          measured_phases, label),
-        plot.gap_width_curves(out / FIGURES[2], tau, median, delta, indices, predicted, label),
+        plot.spectra_at_times(out / names[0], tau, mu, predicted, label, dpi),
+        plot.trajectories(out / names[1], tau, median, predicted, predicted_phases,
+                          measured_phases, label, dpi),
+        plot.gap_width_curves(out / names[2], tau, median, delta, indices, predicted, label, dpi),
     ]
 
 
@@ -251,6 +267,9 @@ def density_grid(n: int = 1000) -> np.ndarray:
 
 
 # --- writing ---------------------------------------------------------------------------------
+#: the attributes through which HDF5 dimension scales refer to each other (by file address)
+DIMENSION_ATTRS = ("DIMENSION_LIST", "REFERENCE_LIST")
+
 def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
     """Replace the run file's theory/ group atomically: copy every other object and attribute into
     a new file beside it, add the group, and rename it over the run. A crash at any point leaves
@@ -258,15 +277,24 @@ def write_theory_group(run: Path, arrays: dict[str, np.ndarray], attrs: dict[str
     with store.open_checked(run) as src, store.atomic_h5(run, ".theory.tmp") as dst:
         for key, value in src.attrs.items():
             dst.attrs[key] = value
+        scaled = False
         for name in src:
             if name == "theory":
                 continue
             if not isinstance(src.get(name, getlink=True), h5py.HardLink):
                 raise SpectraError(f"{run}: {name!r} is a link; spectra copies only the run's own objects")
             try:
+                if isinstance(src[name], h5py.Dataset) and h5py.h5ds.is_scale(src[name].id):
+                    scaled = True  # the scales are made anew below: a copy's references dangle
+                    continue
                 src.copy(src[name], dst, name=name)
             except RuntimeError as exc:  # HDF5 reading damaged metadata (write errors are OSErrors)
                 raise SpectraError(f"{run} is a damaged HDF5 file: {first_line(exc)}") from None
+            for key in DIMENSION_ATTRS:
+                if key in dst[name].attrs:
+                    del dst[name].attrs[key]
+        if scaled:
+            dimensions.attach(dst)
         group = dst.create_group("theory")
         for name, arr in arrays.items():
             group.create_dataset(name, data=arr)

@@ -33,7 +33,7 @@ from spectra.sweep.resume import (
     run_attrs,
     settle_shards,
 )
-from spectra.sweep.setup import content, per_chunk, recorded_path, setup_run
+from spectra.sweep.setup import content, per_chunk, recorded_path, recorded_topk_shape, setup_run
 
 __all__ = ["EstimateOptions", "estimate"]
 
@@ -102,6 +102,8 @@ def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: 
     if sweep.world > 1:  # every rank takes rank 0's chunk size and path, then fills its shard
         attrs = run_attrs(out)
         setup.batch_size, setup.path = int(attrs["batch_size"]), recorded_path(attrs)
+        if setup.path.method == "topk":  # rank 0's measured block and basis: one chunk layout
+            setup.block, setup.max_basis = recorded_topk_shape(attrs, setup.dim)
         target = sweep.shard(out)
         partial = target.with_name(target.name + ".tmp")
         outputs.clear_stale(partial)

@@ -4,6 +4,7 @@ directions, every random draw keyed by (seed, purpose, anchor[, time]) with nump
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ SEED_ANCHORS, SEED_NOISE, SEED_DIRECTIONS = 0, 1, 2
 
 
 def time_grid(schedule: Schedule, opts: EstimateOptions) -> np.ndarray:
-    """The validated, sorted time grid: --times, or n_times log-spaced in [t_min, t_max]
-    (rounded to integers for integer-time schedules)."""
+    """The validated, sorted time grid: --times, or n_times in [t_min, t_max] log-spaced in tau
+    (the default, --spacing tau: Schedule.tau_grid, integer steps for ddpm) or in t (--spacing t,
+    rounded to integers for integer-time schedules)."""
     if opts.times is not None:
         if opts.t_min is not None or opts.t_max is not None:
             raise SpectraError("give either --times or --t-min/--t-max, not both")
@@ -38,9 +40,12 @@ def time_grid(schedule: Schedule, opts: EstimateOptions) -> np.ndarray:
         schedule.validate([t_min, t_max])
         if not t_min <= t_max:
             raise SpectraError(f"--t-min {t_min:g} is above --t-max {t_max:g}")
-        times = np.geomspace(t_min, t_max, opts.n_times)
-        if schedule.integer_times:
-            times = np.round(times)
+        if (opts.spacing or "tau") == "tau":
+            times = schedule.tau_grid(t_min, t_max, opts.n_times)
+        else:
+            times = np.geomspace(t_min, t_max, opts.n_times)
+            if schedule.integer_times:
+                times = np.round(times)
     times = np.unique(times)
     return schedule.validate(times)
 
@@ -85,7 +90,23 @@ def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
     x0 = np.asarray(x0)
     if np.iscomplexobj(x0) or not np.all(np.isfinite(x0)):
         raise SpectraError("the anchors must be real and finite")
+    if opts.data not in (None, "noise"):
+        check_range(x0, model.data_range, opts.data)
     return np.ascontiguousarray(x0, dtype=np.float64)
+
+
+def check_range(x0: np.ndarray, expected: tuple[float, float] | None, source: str) -> None:
+    """Warn when anchors reach far outside the range the model was trained on (by more than its
+    width on either side: uint8 images in [0, 255] given to a model of [-1, 1] images, say)."""
+    if expected is None:
+        return
+    lo, hi = expected
+    width = hi - lo
+    found = float(x0.min()), float(x0.max())
+    if found[0] < lo - width or found[1] > hi + width:
+        hint = " (uint8 images? scale them as x / 127.5 - 1)" if found[1] > 100 else ""
+        warnings.warn(f"the anchors of {source} lie in [{found[0]:g}, {found[1]:g}], far outside the "
+                      f"[{lo:g}, {hi:g}] the model was trained on{hint}", stacklevel=4)
 
 
 def points_at(

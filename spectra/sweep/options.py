@@ -14,11 +14,12 @@ DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
 DEFAULT_TOPK = 16
 #: options added after the first run files, with the value that those files ran with
-LATER_OPTIONS = {"compile": False}
+LATER_OPTIONS = {"compile": False, "spacing": "t", "allow_pickle": False}
 #: options a resume compares by the content they lead to (the model's fingerprint, the anchors,
-#: the time grid), not by spelling; the chunk size changes no value at all
+#: the time grid), not by spelling; the chunk size changes no value at all, nor does
+#: --allow-pickle (the model's fingerprint says whether it is the same model)
 CONTENT_OPTIONS = ("model", "data", "n_samples", "times", "n_times", "t_min", "t_max", "schedule",
-                   "parameterization", "shape", "batch_size")
+                   "parameterization", "shape", "batch_size", "spacing", "allow_pickle")
 #: those of them that name the model (compared by its fingerprint)
 MODEL_OPTIONS = ("model", "schedule", "parameterization", "shape")
 #: the largest integer an option may take (run files store them as int64)
@@ -53,6 +54,10 @@ class EstimateOptions:
     shape: tuple[int, ...] | None = None
     class_label: int | None = None
     compile: bool = False
+    #: the default grid's spacing: "tau" (log-spaced in tau; None means it) or "t"
+    spacing: str | None = None
+    #: whether an edm:SNAPSHOT.pkl model may be unpickled (the user typed --allow-pickle)
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         """Defaults that depend on the method: top-k targets the denoiser (its largest values
@@ -100,6 +105,8 @@ def validate(opts: EstimateOptions) -> None:
         raise SpectraError(f"--target must be one of {', '.join(TARGETS)}")
     if opts.method not in METHODS:
         raise SpectraError(f"--method must be one of {', '.join(METHODS)}")
+    if opts.spacing not in (None, "tau", "t"):
+        raise SpectraError(f"--spacing must be tau or t, got {opts.spacing!r}")
     if opts.at not in ("clean", "noisy"):
         raise SpectraError("--at must be clean or noisy")
     if opts.directions not in ("basis", "haar"):

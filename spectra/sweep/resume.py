@@ -37,6 +37,8 @@ def check_resumable(path: Path, opts: EstimateOptions) -> dict[str, Any]:
     fingerprint (written before them) the options naming the model are still compared by value."""
     attrs = run_attrs(path)
     old = {**LATER_OPTIONS, **json.loads(attrs.get("options") or "{}")}
+    if opts.spacing is None:  # a resume keeps the file's grid spacing unless told otherwise
+        opts.spacing = old.get("spacing")
     new = opts.to_dict()
     # a file from before fingerprints cannot compare its model by content: by value, as then
     by_content = CONTENT_OPTIONS if "model" in json.loads(attrs.get("fingerprints") or "{}") \

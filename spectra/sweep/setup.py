@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from spectra import distributed
+from spectra.arrays import data_file
 from spectra.errors import SpectraError, first_line
 from spectra.fingerprint import array_digest, file_digest, model_digest
 from spectra.jacobian.memory import PROBE_PAIRS, pair_bytes
@@ -73,7 +74,7 @@ def content(opts: EstimateOptions, given: ScoreModel | None = None
     """What the values are computed from: the model (`given`, or loaded from opts.model), the
     time grid, the anchors and their fingerprints."""
     model = given if given is not None else load_model(opts.model, opts.schedule, opts.parameterization,
-                                                       opts.shape)
+                                                       opts.shape, opts.allow_pickle)
     if opts.class_label is not None:
         model.condition(opts.class_label)
     digest = model_digest(model)  # before the model moves: its weights as loaded
@@ -85,9 +86,9 @@ def content(opts: EstimateOptions, given: ScoreModel | None = None
 def fingerprints_of(model: str, x0: np.ndarray, opts: EstimateOptions) -> dict[str, Any]:
     """What the run is computed from, by content (spectra.fingerprint): the model's digest,
     the anchors' and the data file's."""
-    data_file = opts.data is not None and opts.data != "noise"
+    is_file = opts.data is not None and opts.data != "noise"
     return {"model": model, "anchors": array_digest(x0),
-            "data": file_digest(opts.data) if data_file else None}
+            "data": file_digest(data_file(opts.data)[0]) if is_file else None}
 
 
 def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: distributed.Sweep,
@@ -163,11 +164,20 @@ def topk_shape(model: ScoreModel, probe: tuple[torch.Tensor, float], target: str
     point, t = probe
     dim = point.numel()
     if old_attrs is not None and old_attrs.get("block_size"):
-        return int(old_attrs["block_size"]), int(old_attrs.get("max_basis") or dim)
+        return recorded_topk_shape(old_attrs, dim)
     block, path.timings["block"] = fastest_block(model, point, t, target, path, k, n_points, batch_size)
     anchors = max(1, min(n_points, batch_size // block))
     column = KRYLOV_COPIES * dim * point.element_size() * anchors
     return block, int(min(dim, max(k + 2 * block, free_bytes(point.device) // 4 // column)))
+
+
+def recorded_topk_shape(attrs: dict[str, Any], dim: int) -> tuple[int, int]:
+    """The block size and basis a top-k run recorded (files from before `max_basis`: D, no
+    restarts, as their algorithm ran)."""
+    block, basis = attrs.get("block_size"), attrs.get("max_basis") or dim
+    if not (isinstance(block, int) and isinstance(basis, int) and 1 <= block <= dim and 1 <= basis <= dim):
+        raise SpectraError(f"the run file's block_size or max_basis is damaged ({block!r}, {basis!r})")
+    return block, basis
 
 
 def free_bytes(device: torch.device) -> int:
