@@ -35,9 +35,9 @@ def assert_one_line_error(res, *fragments):
 
 
 def assert_real_figure(path: Path):
-    """A PNG of the figure's size (12 x 6 inches at 100 dpi) with real content."""
+    """A PNG of the figure's size (12 x 6 inches at the default 150 dpi) with real content."""
     img = imread(path)
-    assert img.shape[:2] == (600, 1200), img.shape
+    assert img.shape[:2] == (900, 1800), img.shape
     rgb = img[..., :3]
     inked = np.any(rgb < 0.9, axis=-1).mean()
     colors = len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0))

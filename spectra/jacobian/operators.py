@@ -129,9 +129,13 @@ class JacobianOperator(ABC):
 
 
 def _point_jvp(fn: BatchedFn, x: torch.Tensor, v: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-    """J(x) v for one point x (*shape) and vectors v (k, *shape): jvp under one vmap. Eager
-    products vmap it over the points of a chunk; compiled ones call it point by point."""
-    return vmap(lambda w: jvp(lambda y: fn(y[None], *inputs)[0], (x,), (w,))[1])(v)
+    """J(x) v for one point x (*shape) and vectors v (k, *shape): jvp under one vmap (a single
+    vector without it: vmap's batching of every op costs a small network 10-20%). Eager products
+    vmap it over the points of a chunk; compiled ones call it point by point."""
+    def single(w: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda y: fn(y[None], *inputs)[0], (x,), (w,))[1]
+
+    return single(v[0])[None] if v.shape[0] == 1 else vmap(single)(v)
 
 
 #: graphs torch.compile keeps for _point_jvp (torch's default, 8 per function, is reached by a
@@ -193,7 +197,9 @@ def _is_compile_error(exc: Exception) -> bool:
 class AutodiffJacobian(JacobianOperator):
     """Exact products: forward mode (torch.func.jvp) for J v, reverse mode (torch.func.vjp) for
     J^T u, both under vmap over points and vectors; each point's primal pass is shared by its
-    vectors, across the chunks of one rmatmat too (as torch.func.jacrev's chunks share it).
+    vectors; a chunk of one point keeps its pullback (up to KEPT_PULLBACKS points) for every later
+    chunk and call, so each J^T u after the first costs one backward pass (as torch.func.jacrev's
+    chunks and a Lanczos iteration's repeated products share it).
 
     compiled=True computes J v with torch.compile, one point at a time (a compiled vmap over
     points fails in torch: pytorch issues 151196 and 160508), from fn(x, *inputs) with t in the
@@ -230,18 +236,23 @@ class AutodiffJacobian(JacobianOperator):
                 self.compiled = False
         return _over_points(lambda xi, vi: _point_jvp(self.fn, xi, vi, *self.inputs), self.points[pts], v)
 
-    def rmatmat(self, u: torch.Tensor) -> torch.Tensor:
-        self._pullback: tuple[int, Callable] | None = None
-        try:
-            return super().rmatmat(u)
-        finally:
-            self._pullback = None  # the pullback holds a primal pass's activations
+    #: pullbacks kept for chunks of one point, by point index (a point's primal pass, done once)
+    KEPT_PULLBACKS = 8
+
+    def subset(self, idx: np.ndarray) -> AutodiffJacobian:
+        new = super().subset(idx)
+        new._pullbacks = {}
+        return new
 
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
-        if pts.stop - pts.start == 1:  # one point, maybe in several chunks: one primal pass
-            if self._pullback is None or self._pullback[0] != pts.start:
-                self._pullback = (pts.start, vjp(self._single, self.points[pts.start])[1])
-            return vmap(self._pullback[1])(u[0])[0][None]
+        if pts.stop - pts.start == 1:  # one point: its primal pass once, for every chunk and call
+            kept = self.__dict__.setdefault("_pullbacks", {})
+            if pts.start not in kept:
+                if len(kept) >= self.KEPT_PULLBACKS:  # each holds a primal pass's activations
+                    kept.clear()
+                kept[pts.start] = vjp(self._single, self.points[pts.start])[1]
+            pullback = kept[pts.start]
+            return (pullback(u[0, 0])[0][None] if u.shape[1] == 1 else vmap(pullback)(u[0])[0])[None]
 
         def per_point(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
             _, pullback = vjp(self._single, xi)
