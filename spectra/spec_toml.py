@@ -1,4 +1,4 @@
-"""Parsing model specs (DESIGN.md, "Model specs") into plain objects, without torch: every TOML
+"""Parsing model specs (docs/cli.md, "Model specs") into plain objects, without torch: every TOML
 spec kind is read here into a `ModelSpec` of numbers, arrays, paths and names (nothing built,
 nothing imported), with typed lookups and one-line errors. spectra.models.specs builds models from
 them; the theory reads the `gaussian` linear manifold directly."""

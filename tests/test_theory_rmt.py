@@ -114,7 +114,7 @@ def test_manifold_gap_and_trivial_phase():
 
 
 def test_theory_and_analysis_import_no_torch():
-    """DESIGN.md: theory and analysis are numpy/scipy only (compare-theory runs without torch)."""
+    """docs/design.md: theory and analysis are numpy/scipy only (compare-theory runs without torch)."""
     import subprocess
     import sys
 

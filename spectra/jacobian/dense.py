@@ -2,7 +2,7 @@
 
 dense_jacobian builds every J_n (D x D) from D products: J = matmat(I) with basis directions,
 J = (J Q) Q^T with orthogonal directions Q (Haar: [V]'s Algorithms 1 and 2), or
-J = (rmatmat(I))^T with reverse mode. dense_spectra returns what DESIGN.md stores per (anchor, time):
+J = (rmatmat(I))^T with reverse mode. dense_spectra returns what a run stores per (anchor, time):
 singular values of J, eigenvalues of its symmetric part (J + J^T)/2 (both sorted descending) and
 the asymmetry ||J - J^T||_F / ||J||_F (theory.md 2). Spectra are computed in float64.
 """

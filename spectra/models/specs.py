@@ -1,4 +1,4 @@
-"""Build a ScoreModel from a model spec string (DESIGN.md, "Model specs").
+"""Build a ScoreModel from a model spec string (docs/cli.md, "Model specs").
 
 Forms:
 * `path/to/spec.toml`: `kind = "gaussian" | "empirical" | "gmm" | "network"` with a `[schedule]`

@@ -1,5 +1,5 @@
 """The phases study: hold a measured run against the linear theory: `spectra compare-theory`,
-`spectra theory`, `spectra plot` (DESIGN.md, "compare-theory outputs"; theory.md 3.2-3.4).
+`spectra theory`, `spectra plot` (docs/cli.md; theory.md 3.2-3.4).
 
 The theory is chosen in this order: `--manifold SPEC` (a gaussian linear-manifold spec), `--data
 SPEC` (the Gaussian-equivalent theory of that data's covariance: an array file of samples, or a

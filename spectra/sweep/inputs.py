@@ -55,7 +55,7 @@ def rng(seed: int, *key: int) -> np.random.Generator:
 
 
 def anchors(model: ScoreModel, opts: EstimateOptions) -> np.ndarray:
-    """The anchors x0 (N, *shape) as DESIGN.md's --data says."""
+    """The anchors x0 (N, *shape) as --data says (docs/cli.md)."""
     n = opts.n_samples
     if n is not None and n < 1:
         raise SpectraError(f"--n-samples must be at least 1, got {n}")

@@ -113,7 +113,7 @@ def settle_shards(out: Path, opts: EstimateOptions, resume: bool, overwrite: boo
 
 
 def create_run(out: Path, opts: EstimateOptions, setup: Setup, command: str) -> None:
-    """The new, empty run file with every attribute DESIGN.md lists."""
+    """The new, empty run file with every attribute docs/format.md lists."""
     model, k = setup.model, setup.k
     attrs = {
         "spectra_version": __version__,
