@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import click
+from spectra_cli.options import SEED, float_list, shape_option
+from spectra_cli.study import crossover_cmd, dataset_cmd, memorization_cmd, sample_cmd
 
 from spectra.errors import SpectraError, first_line, os_error
 from spectra.names import (
@@ -26,9 +29,6 @@ from spectra.names import (
 from spectra.schedules import SCHEDULE_NAMES
 from spectra.sweep.options import MAX_INT, EstimateOptions, check_request
 from spectra.version import __version__
-
-#: seeds: non-negative, below the bound of every integer option (spectra.sweep.options.MAX_INT)
-SEED = click.IntRange(0, MAX_INT - 1)
 
 
 class SpectraGroup(click.Group):
@@ -67,30 +67,6 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _float_list(ctx, param, value: str | None) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        values = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    if not values:
-        raise click.BadParameter(f"expected at least one number, got {value!r}")
-    return values
-
-
-def _shape(ctx, param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise click.BadParameter(f"dimensions must be positive, got {value!r}")
-    return shape
-
-
 @click.group(cls=SpectraGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spectra")
 def cli() -> None:
@@ -107,7 +83,7 @@ def cli() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file (HDF5).")
 @click.option("--n-samples", type=int, default=None,
               help="Number of anchors [default: 8, or fewer if a data file holds fewer].")
-@click.option("--times", callback=_float_list, default=None, help="Comma-separated times.")
+@click.option("--times", callback=float_list, default=None, help="Comma-separated times.")
 @click.option("--n-times", type=int, default=20, show_default=True,
               help="Grid size (see --spacing).")
 @click.option("--t-min", type=float, default=None, help="Grid start [default: schedule's].")
@@ -143,7 +119,7 @@ def cli() -> None:
               help="Schedule of a bare module returned by a factory.")
 @click.option("--parameterization", type=click.Choice(PARAMETERIZATIONS), default=None,
               help="What a bare module predicts.")
-@click.option("--shape", callback=_shape, default=None,
+@click.option("--shape", callback=shape_option, default=None,
               help="Sample shape C,H,W for models that cannot tell it.")
 @click.option("--class-label", type=int, default=None,
               help="Class of a class-conditional network (EDM's label_dim, diffusers' num_class_embeds).")
@@ -155,21 +131,47 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--rendezvous-timeout", type=float, default=DEFAULT_RENDEZVOUS_TIMEOUT, show_default=True,
               help="Under torchrun: seconds to wait for the other ranks to join.")
+@click.option("--generated", type=click.IntRange(0, MAX_INT), default=100, show_default=True,
+              help="Snapshots (--model a folder or list of .pt): samples drawn from each for its "
+              "memorized fraction (0: none).")
+@click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True,
+              help="Snapshots: Delta, the smallest gap that counts in the summary's dimension.")
 def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvous_timeout: float,
-                 **options) -> None:
-    """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file."""
+                 generated: int, resolution: float, **options) -> None:
+    """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file; for a
+    folder (or comma-separated list) of spectra train snapshots, one run file per snapshot in
+    the folder --out and a summary against the training step."""
     opts = EstimateOptions(**options)
     check_request(opts, resume, overwrite)
+    command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if opts.model is not None and ("," in opts.model or Path(opts.model).is_dir()):
+        from spectra.studies.snapshots import follow, snapshot_paths
+
+        snapshots = snapshot_paths(opts.model)
+        if snapshots is not None:
+            if overwrite:
+                raise SpectraError("--overwrite does not apply to snapshots: existing runs in --out are "
+                                   "resumed; remove the folder to start again")
+            summary = follow(snapshots, out, opts, generated, resolution, progress=not quiet,
+                             command=command, seed=opts.seed)
+            for row in summary["snapshots"]:
+                frac = row["memorized_fraction"]
+                click.echo(f"step {row['step']}: {row['kept_directions']} directions kept at tau = "
+                           f"{row['tau']:.3g}, memorized fraction "
+                           f"{'-' if frac is None else f'{frac:.2f}'}")
+            click.echo(f"wrote {len(snapshots)} runs, {out}/summary.json and {out}/summary.png")
+            return
     from spectra.sweep.estimate import estimate
 
-    command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = estimate(out, opts, resume=resume, overwrite=overwrite, progress=not quiet,
                     command=command, rendezvous_timeout=rendezvous_timeout)
     click.echo(f"wrote {path}")
 
 
 @cli.command("train")
-@click.option("--data", required=True, help="Analytic data spec (.toml, kind gaussian or gmm).")
+@click.option("--data", required=True, help="Analytic data spec (.toml, kind gaussian or gmm), or an "
+              "array of samples (.npy/.npz/.h5 of shape (N, *shape); FILE:KEY selects an array) "
+              "trained on as they are.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.pt).")
 @click.option("--steps", type=int, default=20000, show_default=True, help="Total optimizer steps.")
 @click.option("--n-train", type=int, default=None,
@@ -177,20 +179,29 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvou
 @click.option("--schedule", type=click.Choice(["ve", "vp", "ddpm"]), default=None,
               help="Noise schedule [default: the data spec's, else ve].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--width", type=int, default=128, show_default=True, help="Hidden width.")
+@click.option("--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True,
+              help="Residual MLP or small U-Net (auto: the U-Net for samples of shape (C, H, W) or (H, W)).")
+@click.option("--width", type=int, default=None,
+              help="Hidden width [default: 128 for the MLP, 32 for the U-Net].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto",
+              show_default=True, help="Training precision (auto: float32 for the U-Net, float64 for "
+              "the MLP); checkpoints are analysed in float64.")
 @click.option("--depth", type=int, default=2, show_default=True, help="Residual blocks.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--ema", type=float, default=0.999, show_default=True, help="EMA decay.")
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True,
               help="Steps between checkpoint writes.")
+@click.option("--snapshot-every", type=int, default=None,
+              help="Keep a slim checkpoint every S steps in OUT-snapshots/ (to follow training).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint's step.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @click.option("--slim", is_flag=True,
               help="Final checkpoint with the EMA weights only (for shipping; cannot be resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(out: str, resume: bool, overwrite: bool, slim: bool, quiet: bool, **options) -> None:
-    """Train a small score network on synthetic data into a self-describing checkpoint."""
+    """Train a small score network (MLP or U-Net) on an analytic spec or an array of real samples into
+    a self-describing checkpoint."""
     from spectra.checkpoint import read_checkpoint
     from spectra.train import TrainOptions, train
 
@@ -274,6 +285,10 @@ def plot_cmd(run: str, out: str | None, resolution: float, fmt: str, dpi: int) -
 
     paths = plot_run(run, out, resolution, fmt, dpi)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+for _command in (sample_cmd, memorization_cmd, crossover_cmd, dataset_cmd):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -7,9 +7,11 @@ spec table, schedule, parameterization, network and training settings), `step`, 
 per logged interval) and `train_points` (n_train x D, or absent).
 
 The data spec inside a checkpoint is data as well: it may only be an analytic kind whose values are
-inline (`gaussian`, `gmm`; `ANALYTIC_KINDS`). A spec that names a factory or a file (`network`,
-`empirical`) is refused when the checkpoint is read, since only a spec the user types may name
-code or paths.
+inline (`gaussian`, `gmm`; `ANALYTIC_KINDS`), or, for a network trained on an array of samples
+(`spectra train --data X.npy`), the record `{"kind": "points", "source", "rows", "shape"}` of where
+its `train_points` came from (the points themselves are in the checkpoint; the source is a name,
+never read). A spec that names a factory or a file (`network`, `empirical`) is refused when the
+checkpoint is read, since only a spec the user types may name code or paths.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ FORMAT = "spectra-checkpoint"
 FORMAT_VERSION = 1
 #: data spec kinds a checkpoint may carry: every value inline, no path, no code
 ANALYTIC_KINDS = ("gaussian", "gmm")
+#: the data record of a network trained on an array of samples (its train_points)
+POINTS_KIND = "points"
 
 
 def write_checkpoint(out: Path, payload: dict[str, Any]) -> None:
@@ -88,6 +92,8 @@ def data_spec(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise SpectraError(f"{path} is a damaged spectra checkpoint (no data_spec table)")
     kind = table.get("kind")
+    if kind == POINTS_KIND and isinstance(ck.get("train_points"), torch.Tensor):
+        return table
     if kind not in ANALYTIC_KINDS:
         raise SpectraError(
             f"{path}: its data spec has kind {kind!r}; a checkpoint may carry only inline analytic "

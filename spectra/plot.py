@@ -35,7 +35,8 @@ PREDICTED = {"trivial": "tab:red", "manifold": "tab:blue", "intermediate": "tab:
 _PNG_SIGNATURE, _SOFTWARE = b"\x89PNG\r\n\x1a\n", b"Software\x00Matplotlib"
 
 
-def _save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+def save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Write `fig` to `path` (the format its suffix names) at `dpi`; returns the path."""
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi)
     return path
@@ -78,7 +79,7 @@ def _finish_tau_axes(fig: Figure, ax, path: Path, ylabel: str, title: str, value
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save(fig, path, dpi)
 
 
 def figure_times(tau: np.ndarray, count: int = 4) -> np.ndarray:
@@ -118,7 +119,7 @@ def spectra_at_times(
     axes[0].legend(loc="lower left", fontsize=8, framealpha=0.85)
     fig.suptitle(f"Spectrum at {len(idx)} times {label}".strip())
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return save(fig, path, dpi)
 
 
 def _phase_lines(ax, phases: dict | None, style: str, tag: str) -> None:

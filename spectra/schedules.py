@@ -170,25 +170,31 @@ class Schedule:
 
     def tau_grid(self, t_min: float, t_max: float, n: int) -> np.ndarray:
         """n times in [t_min, t_max] whose tau is log-spaced from tau(t_min) to tau(t_max) (tau
-        increases with t in every schedule): the inverse of tau by bisection, 80 halvings of the
-        interval (to float64 resolution); for integer timesteps the step nearest in log tau,
-        repeats merged."""
+        increases with t in every schedule; times_of_tau); the ends are t_min and t_max."""
         lo, hi = float(t_min), float(t_max)
-        targets = np.log(np.geomspace(float(self.tau(lo)), float(self.tau(hi)), n))
+        grid = self.times_of_tau(np.geomspace(float(self.tau(lo)), float(self.tau(hi)), n), lo, hi)
+        if not self.integer_times:
+            grid[0] = lo
+            if n > 1:
+                grid[-1] = hi
+        return grid
+
+    def times_of_tau(self, tau: ArrayLike, t_min: float, t_max: float) -> np.ndarray:
+        """The times in [t_min, t_max] at which tau(t) takes the values `tau` (n,): the inverse
+        of tau (increasing in t) by bisection, 80 halvings of the interval (to float64
+        resolution); for integer timesteps the step nearest in log tau, repeats merged (sorted)."""
+        lo, hi = float(t_min), float(t_max)
+        targets = np.log(np.asarray(tau, dtype=np.float64))
         if self.integer_times:
             steps = np.arange(np.ceil(lo), np.floor(hi) + 1)
             log_tau = np.log(self.tau(steps))
             return np.unique(steps[np.abs(log_tau[None, :] - targets[:, None]).argmin(axis=1)])
-        a, b = np.full(n, lo), np.full(n, hi)
+        a, b = np.full(targets.shape, lo), np.full(targets.shape, hi)
         for _ in range(80):
             mid = (a + b) / 2
             below = np.log(self.tau(mid)) < targets
             a, b = np.where(below, mid, a), np.where(below, b, mid)
-        grid = np.clip((a + b) / 2, lo, hi)
-        grid[0] = lo
-        if n > 1:
-            grid[-1] = hi
-        return grid
+        return np.clip((a + b) / 2, lo, hi)
 
     # --- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,15 @@
 """Parsing model specs (docs/cli.md, "Model specs") into plain objects, without torch: every TOML
 spec kind is read here into a `ModelSpec` of numbers, arrays, paths and names (nothing built,
 nothing imported), with typed lookups and one-line errors. spectra.models.specs builds models from
-them; the theory reads the `gaussian` linear manifold directly."""
+them; the theory reads the `gaussian` linear manifold directly.
+
+Two analytic references of [B] (Buchanan, Pai, Ma, De Bortoli, "On the Edge of Memorization in
+Diffusion Models", NeurIPS 2025) are spec options: `kind = "empirical"` with `memorized = M`, the
+partially memorizing denoiser (the empirical score of the first M of the file's N points), and
+`kind = "gmm"` with `preset = "templates"`, the colored templates (K monochrome templates x*_i of p
+pixels colored by c ~ N(u*, s^2 I_c): components N(A_i u*, s^2 A_i A_i^T), A_i = I_c (x) x*_i,
+in D = c p; spectra.models.analytic.colored_templates). The templates are read here (a file
+through spectra.arrays, numpy only, or inline lists) and carried in the MixtureSpec's arguments."""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from spectra.arrays import load_array
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.schedules import Schedule
@@ -25,6 +34,8 @@ else:  # pragma: no cover
 GAUSSIAN_KEYS = {"kind", "schedule", "ambient_dim", "variances", "variance_groups", "embedding", "seed"}
 #: the kinds of a TOML model spec
 SPEC_KINDS = ("gaussian", "empirical", "gmm", "network")
+#: the gmm presets
+GMM_PRESETS = ("molrg", "isotropic", "templates")
 #: codebase conventions a factory's bare module can follow (spectra.models.specs)
 INTERFACES = ("plain", "edm", "score_sde")
 
@@ -44,8 +55,9 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class MixtureSpec:
-    """A `kind = "gmm"` spec: a preset by name with its arguments, or explicit components as
-    arrays (weights (K,), means (K, D), bases (K, D, R), eigenvalues (K, R))."""
+    """A `kind = "gmm"` spec: a preset by name with its arguments (the templates preset's
+    include the template array, (K, p) or (K, H, W)), or explicit components as arrays
+    (weights (K,), means (K, D), bases (K, D, R), eigenvalues (K, R))."""
 
     preset: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
@@ -58,13 +70,15 @@ class MixtureSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed TOML model spec: its kind, schedule, the table as recorded in run files
-    (`config`, with the spec file's path), and the part its kind has."""
+    (`config`, with the spec file's path), and the part its kind has (`memorized`: an empirical
+    spec's M >= 1, the number of leading points kept, or None for all)."""
 
     kind: str
     schedule: Schedule
     config: dict[str, Any]
     manifold: LinearManifold | None = None
     points: Path | None = None
+    memorized: int | None = None
     mixture: MixtureSpec | None = None
     network: NetworkSpec | None = None
 
@@ -164,11 +178,15 @@ def parse_model_table(table: dict[str, Any], path: Path, kinds: tuple[str, ...] 
     if kind == "gaussian":
         return ModelSpec(**spec, manifold=manifold_from_table(table, where))
     if kind == "empirical":
-        check_keys(table, common | {"points"}, where)
-        return ModelSpec(**spec, points=path.parent / take(table, "points", str, where))
+        check_keys(table, common | {"points", "memorized"}, where)
+        points = path.parent / take(table, "points", str, where)
+        memorized = take(table, "memorized", int, where, None)
+        if memorized is not None and memorized < 1:
+            raise SpectraError(f"{where}: 'memorized' must be at least 1, got {memorized}")
+        return ModelSpec(**spec, points=points, memorized=memorized)
     if kind == "gmm":
-        try:
-            return ModelSpec(**spec, mixture=_mixture(table, where))
+        try:  # a file only where the user's own spec may name one (not a checkpoint's data spec)
+            return ModelSpec(**spec, mixture=_mixture(table, path, files="empirical" in kinds))
         except (ValueError, OverflowError) as exc:  # sizes numpy cannot take (negative, too large)
             raise SpectraError(f"{where}: {exc}") from None
     check_keys(table, common | {"factory", "parameterization", "shape", "interface"}, where)
@@ -188,9 +206,21 @@ def parse_model_table(table: dict[str, Any], path: Path, kinds: tuple[str, ...] 
 
 
 
-def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
-    """The MixtureSpec of a gmm table (its sizes checked against memory first)."""
+def _sized(where: str, dim: int, components: int, rank: int) -> None:
+    """Refuse a mixture whose means and bases (with room to build them) do not fit in memory."""
+    if components < 1 or rank < 0:
+        raise SpectraError(f"{where}: a mixture needs at least one component and ranks >= 0")
+    require_memory(4 * 8 * abs(dim) * max(1, abs(components)) * max(1, abs(rank)),
+                   f"{where}: a mixture of {components} components of rank {rank} in D = {dim}")
+
+
+def _mixture(table: dict[str, Any], path: Path, files: bool = True) -> MixtureSpec:
+    """The MixtureSpec of a gmm table (its sizes checked against memory first); `files`: whether
+    the templates preset may read its templates from a file."""
+    where = str(path)
     preset = take(table, "preset", str, where, None)
+    if preset == "templates":
+        return _templates(table, path, files)
     dim = take(table, "ambient_dim", int, where)
     seed = take(table, "seed", int, where, 0)
     common = {"kind", "schedule", "preset", "ambient_dim", "seed"}
@@ -199,10 +229,7 @@ def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
         raise SpectraError(f"{where}: ambient_dim must be at least 1, got {dim}")
 
     def sized(components: int, rank: int) -> None:  # means and bases, with room to build them
-        if components < 1 or rank < 0:
-            raise SpectraError(f"{where}: a mixture needs at least one component and ranks >= 0")
-        require_memory(4 * 8 * abs(dim) * max(1, abs(components)) * max(1, abs(rank)),
-                       f"{where}: a mixture of {components} components of rank {rank} in D = {dim}")
+        _sized(where, dim, components, rank)
 
     if preset == "molrg":
         check_keys(table, common | {"n_classes", "subspace_dim", "delta"}, where)
@@ -221,7 +248,7 @@ def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
             "variance": float(take(table, "variance", (int, float), where)),
             "radius": None if radius is None else float(radius), "seed": seed})
     if preset is not None:
-        raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected molrg or isotropic)")
+        raise SpectraError(f"{where}: unknown gmm preset {preset!r} (expected {', '.join(GMM_PRESETS)})")
     check_keys(table, common | {"components"}, where)
     comps = take(table, "components", list, where)
     if not comps:
@@ -257,6 +284,80 @@ def _mixture(table: dict[str, Any], where: str) -> MixtureSpec:
         bases[k, :, : len(e)] = u
         eig[k, : len(e)] = e
     return MixtureSpec(weights=np.asarray(weights), means=np.stack(means), bases=bases, eigenvalues=eig)
+
+
+def _templates(table: dict[str, Any], path: Path, files: bool) -> MixtureSpec:
+    """The MixtureSpec of a `preset = "templates"` gmm table ([B]'s colored templates): the
+    template array (K, p) or (K, H, W) (a file relative to the spec's folder, or inline lists of
+    numbers; `n_templates` keeps the first K), `channels` c, `variance` s^2 and `color_mean` u*
+    (c,), in D = c p (`ambient_dim` optional, checked when given)."""
+    where = str(path)
+    check_keys(table, {"kind", "schedule", "preset", "ambient_dim", "templates", "n_templates",
+                       "channels", "variance", "color_mean"}, where)
+    given = take(table, "templates", (str, list), where)
+    if isinstance(given, str):
+        if not files:
+            raise SpectraError(f"{where}: 'templates' names a file, which only a spec given on the "
+                               "command line may do; give the templates inline")
+        try:
+            templates = load_array(path.parent / given)
+        except SpectraError as exc:
+            raise SpectraError(f"{where}: 'templates': {exc}") from None
+    else:
+        templates = _inline_array(given, f"{where}: 'templates'")
+    if templates.ndim not in (2, 3) or templates.shape[0] == 0 or templates[0].size == 0:
+        raise SpectraError(f"{where}: 'templates' must be K >= 1 templates of shape (p,) or (H, W), "
+                           f"got an array of shape {templates.shape}")
+    count = take(table, "n_templates", int, where, None)
+    if count is not None:
+        if not 1 <= count <= len(templates):
+            raise SpectraError(f"{where}: 'n_templates' must be between 1 and the {len(templates)} "
+                               f"templates given, got {count}")
+        templates = templates[:count]
+    channels = take(table, "channels", int, where, 3)
+    if channels < 1:
+        raise SpectraError(f"{where}: 'channels' must be at least 1, got {channels}")
+    pixels = int(np.prod(templates.shape[1:]))
+    dim = channels * pixels
+    declared = take(table, "ambient_dim", int, where, None)
+    if declared is not None and declared != dim:
+        raise SpectraError(f"{where}: 'ambient_dim' = {declared} disagrees with channels x pixels = "
+                           f"{channels} x {pixels} = {dim}")
+    _sized(where, dim, len(templates), channels)
+    variance = float(take(table, "variance", (int, float), where, 1.0))
+    if not variance >= 0 or not np.isfinite(variance):
+        raise SpectraError(f"{where}: 'variance' must be a finite number >= 0, got {variance}")
+    if "color_mean" in table:
+        color_mean = _inline_array(take(table, "color_mean", list, where), f"{where}: 'color_mean'")
+        if color_mean.shape != (channels,):
+            raise SpectraError(f"{where}: 'color_mean' must be a list of channels = {channels} numbers, "
+                               f"got shape {color_mean.shape}")
+    else:
+        color_mean = np.ones(channels)
+    norms = np.linalg.norm(templates.reshape(len(templates), -1), axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise SpectraError(f"{where}: 'templates' {zero[0]} is zero (a colored template needs ||x*|| > 0)")
+    return MixtureSpec("templates", {"templates": templates, "channels": channels, "variance": variance,
+                                     "color_mean": color_mean})
+
+
+def _inline_array(value: list, where: str) -> np.ndarray:
+    """A float64 array from lists of numbers nested at most three deep (rectangular, finite)."""
+    def numbers(v: Any, depth: int) -> bool:
+        if isinstance(v, list):
+            return depth < 3 and all(numbers(e, depth + 1) for e in v)
+        return _number(v)
+
+    if not numbers(value, 0):
+        raise SpectraError(f"{where} must hold numbers in lists nested at most three deep")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, OverflowError):
+        raise SpectraError(f"{where} must be rectangular (lists of equal lengths)") from None
+    if not np.all(np.isfinite(arr)):
+        raise SpectraError(f"{where} must be finite")
+    return arr
 
 
 def load_manifold(path: str | Path) -> LinearManifold:

@@ -316,7 +316,7 @@ def test_trajectories_figure_has_a_colorbar_and_no_clipping(tmp_path):
     import spectra.plot as plot
 
     captured = {}
-    real = plot._save
+    real = plot.save
 
     def keep(fig: Figure, path, dpi=plot.DPI):
         captured[path.name] = fig
@@ -324,11 +324,11 @@ def test_trajectories_figure_has_a_colorbar_and_no_clipping(tmp_path):
 
     tau = np.geomspace(1e-3, 1e2, 6)
     mu = np.linspace(0, 3.0, 6 * 5).reshape(6, 5)  # values up to 3: above the old clip at 1.05
-    plot._save = keep
+    plot.save = keep
     try:
         plot.trajectories(tmp_path / "t.png", tau, -mu)
     finally:
-        plot._save = real
+        plot.save = real
     fig = captured["t.png"]
     main, bar = fig.axes[0], fig.axes[1]
     assert main.get_ylim()[1] >= 3.0

@@ -11,7 +11,11 @@ S_k = alpha^2 C_k + sigma^2 I and
     J(x)   = sum_k r_k (-P_k + g_k g_k^T) - s s^T
 
 Special cases (constructors below): the linear manifold of [V] (one component, mu = 0), the
-empirical score of N training points (C_k = 0), MoLRG [L] and the isotropic GMM [B].
+empirical score of N training points (C_k = 0; a partially memorizing one keeps the first M of
+them), MoLRG [L], the isotropic GMM [B] and [B]'s colored templates (`colored_templates`: K
+components of rank c, C_i = s^2 A_i A_i^T with A_i = I_c (x) x*_i).
+
+[B] Buchanan, Pai, Ma, De Bortoli, "On the Edge of Memorization in Diffusion Models" (NeurIPS 2025).
 """
 
 from __future__ import annotations
@@ -193,7 +197,10 @@ def linear_manifold(
 def empirical(
     points: np.ndarray, schedule: Schedule, config: dict[str, Any] | None = None
 ) -> GaussianMixture:
-    """The empirical (memorizing) score of N training points (N, *shape): C_k = 0, mu_k = x_i."""
+    """The empirical (memorizing) score of N training points (N, *shape): C_k = 0, mu_k = x_i,
+    equal weights, so s(x) = sum_i r_i (alpha x_i - x)/sigma^2 with
+    r = softmax_i(-||x - alpha x_i||^2 / (2 sigma^2)). Given the first M of [B]'s N training points
+    it is [B]'s partially memorizing denoiser (a TOML spec's `memorized = M`)."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim < 2 or len(points) == 0:
         raise SpectraError("empirical points must be an array of shape (N, *shape) with N >= 1")
@@ -248,3 +255,50 @@ def isotropic_gmm(
     eye = np.broadcast_to(np.eye(ambient_dim), (n_components, ambient_dim, ambient_dim)).copy()
     eig = np.full((n_components, ambient_dim), float(variance))
     return GaussianMixture(np.ones(n_components), means, eye, eig, schedule, config=config)
+
+
+def colored_templates(
+    templates: np.ndarray,
+    channels: int,
+    variance: float,
+    color_mean: np.ndarray,
+    schedule: Schedule,
+    config: dict[str, Any] | None = None,
+) -> GaussianMixture:
+    """[B]'s colored templates: a monochrome template x*_i (p pixels; `templates` (K, p) or images
+    (K, H, W) with p = H W) colored by c ~ N(u*, s^2 I_c) (u* = `color_mean` (c,), s^2 = `variance`)
+    is the image y = c (x) x*_i = A_i c, A_i = I_c (x) x*_i of shape (c p) x c: in the channel-major
+    layout (c, p), channel j of y is c_j x*_i. Component i is therefore N(A_i u*, s^2 A_i A_i^T), of
+    rank c; since A_i^T A_i = ||x*_i||^2 I_c its eigen-form is V_i = A_i / ||x*_i|| (orthonormal
+    columns) with c eigenvalues s^2 ||x*_i||^2. The K templates give an equal-weight mixture in
+    D = c p, of sample shape (c, H, W) for image templates, else (c p,).
+
+    [B] Buchanan, Pai, Ma, De Bortoli, "On the Edge of Memorization in Diffusion Models" (NeurIPS 2025).
+    """
+    templates = np.asarray(templates, dtype=np.float64)
+    if templates.ndim not in (2, 3) or len(templates) == 0 or templates[0].size == 0:
+        raise SpectraError("templates must be an array (K, p) or (K, H, W) with K >= 1 and p >= 1")
+    if channels < 1:
+        raise SpectraError(f"colored templates need channels >= 1, got {channels}")
+    if variance < 0:
+        raise SpectraError(f"colored templates need variance >= 0, got {variance}")
+    color_mean = np.asarray(color_mean, dtype=np.float64)
+    if color_mean.shape != (channels,):
+        raise SpectraError(f"color_mean must have channels = {channels} entries, got {color_mean.shape}")
+    k = len(templates)
+    flat = templates.reshape(k, -1)
+    p = flat.shape[1]
+    norms = np.linalg.norm(flat, axis=1)
+    if np.any(norms == 0):
+        raise SpectraError(f"template {int(np.argmin(norms))} is zero (it has no colored image)")
+    # A_i u* = u* (x) x*_i (channel-major), and A_i / ||x*_i||: column j holds x*_i/||x*_i|| in block j
+    means = (color_mean[None, :, None] * flat[:, None, :]).reshape(k, channels * p)
+    bases = np.zeros((k, channels, p, channels))
+    for j in range(channels):
+        bases[:, j, :, j] = flat / norms[:, None]
+    eig = np.repeat((variance * norms**2)[:, None], channels, axis=1)
+    shape = (channels, *templates.shape[1:]) if templates.ndim == 3 else (channels * p,)
+    return GaussianMixture(
+        np.ones(k), means, bases.reshape(k, channels * p, channels), eig, schedule, shape=shape,
+        config=config,
+    )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -31,11 +32,12 @@ from typing import Any
 import torch
 
 from spectra.arrays import load_array
-from spectra.checkpoint import ANALYTIC_KINDS, config_of, read_checkpoint
+from spectra.checkpoint import ANALYTIC_KINDS, POINTS_KIND, config_of, read_checkpoint
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.models.analytic import (
     GaussianMixture,
+    colored_templates,
     empirical,
     isotropic_gmm,
     linear_manifold,
@@ -45,7 +47,7 @@ from spectra.models.base import ScoreModel
 from spectra.models.diffusers_model import load_diffusers
 from spectra.models.edm import edm_model, load_snapshot
 from spectra.models.network import NetworkScoreModel
-from spectra.models.trained import ResidualMLP, TrainedScoreModel, n_parameters
+from spectra.models.trained import TrainedScoreModel, build_network, count_parameters, sample_shape
 from spectra.schedules import Schedule
 from spectra.spec_toml import (
     INTERFACES,
@@ -124,7 +126,13 @@ def model_from_table(
         m = spec.manifold
         return linear_manifold(m.ambient_dim, m.variances, sched, m.embedding, m.seed, config=config)
     if spec.points is not None:
-        return empirical(load_array(spec.points), sched, config=config)
+        points = load_array(spec.points)
+        if spec.memorized is not None:  # [B]'s partially memorizing denoiser: the first M points
+            if not 1 <= spec.memorized <= len(points):
+                raise SpectraError(f"{path}: 'memorized' = {spec.memorized} must be between 1 and the "
+                                   f"{len(points)} points of {spec.points}")
+            points = points[: spec.memorized]
+        return empirical(points, sched, config=config)
     if spec.mixture is not None:
         return _mixture_model(spec.mixture, sched, config)
     net = spec.network
@@ -140,6 +148,8 @@ def model_from_table(
 
 def _mixture_model(mix: MixtureSpec, sched: Schedule, config: dict[str, Any]) -> GaussianMixture:
     """The GaussianMixture of a parsed gmm spec: a preset's builder, or its components."""
+    if mix.preset == "templates":
+        return colored_templates(schedule=sched, config=config, **mix.arguments)
     if mix.preset == "molrg":
         return molrg(schedule=sched, config=config, **mix.arguments)
     if mix.preset == "isotropic":
@@ -252,26 +262,36 @@ def model_from_object(obj: Any, schedule: str | Schedule | None = None, paramete
 
 # --- spectra train checkpoints -----------------------------------------------------------------
 def load_trained(path: str | Path, spec: str = "") -> TrainedScoreModel:
-    """The ScoreModel of a checkpoint: the EMA weights, its schedule, its data distribution (an
-    inline analytic spec: spectra.checkpoint refuses any other)."""
+    """The ScoreModel of a checkpoint: the EMA weights in the network its config names (one of
+    spectra.models.trained.NETWORKS, built by name), its schedule, and its data: an inline analytic
+    spec, or (kind `points`, trained on an array) the empirical distribution of the training points
+    it stores; spectra.checkpoint refuses any other."""
     ck = read_checkpoint(path)
     config = config_of(ck, path)
     try:
-        sizes = (int(config["network"]["width"]), int(config["network"]["depth"]), int(config["dim"]))
-        require_memory(2 * 8 * n_parameters(*sizes), f"{path}: the network its config declares")
-        net = ResidualMLP(sizes[2], sizes[0], sizes[1])
+        shape = sample_shape(config)
+        if math.prod(shape) != int(config["dim"]):
+            raise ValueError("shape and dim disagree")
+        require_memory(2 * 8 * count_parameters(config["network"], shape),
+                       f"{path}: the network its config declares")
+        net = build_network(config["network"], shape)
         net.double().load_state_dict(ck["ema"])  # the weights are float64: keep every bit
         schedule = Schedule.from_dict(config["schedule"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise SpectraError(f"{path} is a damaged spectra checkpoint ({type(exc).__name__})") from None
+    points = None
+    if "train_points" in ck:
+        points = ck["train_points"].detach().numpy()
+        config = {**config, "n_train_points": int(points.shape[0])}
+    if config["data_spec"].get("kind") == POINTS_KIND:  # trained on an array: no spec to build
+        if points is None or points.shape[1] != int(config["dim"]):
+            raise SpectraError(f"{path} is a damaged spectra checkpoint (its training points are missing)")
+        data = empirical(points.reshape(-1, *shape), schedule)
+        return TrainedScoreModel(net, schedule, config, data, spec, points)
     # the spec file's name (relative to the checkpoint) only names the data: its kinds read no file
     named = config.get("data_spec_file")
     if not isinstance(named, str) or "\0" in named:
         raise SpectraError(f"{path} is a damaged spectra checkpoint (data_spec_file {named!r})")
     # read_checkpoint refused any other data kind; the build is held to the same kinds again
     data = model_from_table(config["data_spec"], Path(path).parent / named, kinds=ANALYTIC_KINDS)
-    points = None
-    if "train_points" in ck:
-        points = ck["train_points"].detach().numpy()
-        config = {**config, "n_train_points": int(points.shape[0])}
     return TrainedScoreModel(net, schedule, config, data, spec, points)

@@ -1,6 +1,8 @@
-"""The network `spectra train` trains, and the ScoreModel of a trained checkpoint.
+"""The networks `spectra train` trains, and the ScoreModel of a trained checkpoint.
 
-The network is [V]'s residual MLP: an input layer, `depth` residual blocks of two linear layers
+Two networks (`NETWORKS`, built by name from a checkpoint's config, never unpickled): the small
+U-Net of spectra.models.unet for image-shaped samples, and [V]'s residual MLP for flat ones (or any
+shape, flattened). The residual MLP is an input layer, `depth` residual blocks of two linear layers
 with SiLU, each block shifted by a learned embedding of the noise level, and an output layer. It
 predicts eps (theory.md 2) with an input scaling that keeps its inputs O(1) at every noise level:
 
@@ -23,11 +25,18 @@ import torch
 
 from spectra.models.base import ScoreModel
 from spectra.models.network import NetworkScoreModel
+from spectra.models.unet import SmallUNet
 from spectra.schedules import Schedule
+
+#: the networks spectra train builds, by the name a checkpoint records
+NETWORKS = ("ResidualMLP", "SmallUNet")
+#: the hidden width of each when --width is not given
+DEFAULT_WIDTH = {"ResidualMLP": 128, "SmallUNet": 32}
 
 
 class ResidualMLP(torch.nn.Module):
-    """F(y, c_noise): y (B, D), c_noise (B,) -> (B, D); see the module docstring."""
+    """F(y, c_noise): y (B, *shape) with prod(shape) = dim, c_noise (B,) -> (B, *shape) (flattened
+    inside); see the module docstring."""
 
     def __init__(self, dim: int, width: int = 128, depth: int = 2, n_freq: int = 16) -> None:
         super().__init__()
@@ -45,10 +54,10 @@ class ResidualMLP(torch.nn.Module):
     def forward(self, y: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         angles = c_noise[:, None] * self.freqs
         emb = self.embed(torch.cat([angles.sin(), angles.cos()], dim=1))
-        h = self.inp(y)
+        h = self.inp(y.reshape(y.shape[0], -1))
         for first, second in self.blocks:
             h = h + second(torch.nn.functional.silu(first(torch.nn.functional.silu(h + emb))))
-        return self.out(torch.nn.functional.silu(h))
+        return self.out(torch.nn.functional.silu(h)).reshape(y.shape)
 
 
 class TrainedScoreModel(NetworkScoreModel):
@@ -56,9 +65,9 @@ class TrainedScoreModel(NetworkScoreModel):
     with the data it was trained on: its training points (n_train, D) when it had a finite set,
     else fresh samples of the data spec."""
 
-    def __init__(self, net: ResidualMLP, schedule: Schedule, config: dict[str, Any], data: ScoreModel,
+    def __init__(self, net: torch.nn.Module, schedule: Schedule, config: dict[str, Any], data: ScoreModel,
                  spec: str = "", train_points: np.ndarray | None = None) -> None:
-        super().__init__(net, schedule, "eps", shape=(int(config["dim"]),), spec=spec,
+        super().__init__(net, schedule, "eps", shape=sample_shape(config), spec=spec,
                          interface="spectra-train")
         self.train_config = config
         self.data = data
@@ -76,7 +85,7 @@ class TrainedScoreModel(NetworkScoreModel):
         else n fresh samples of the data spec."""
         if self.train_points is None:
             return self.data.sample(n, rng)
-        return self.train_points[:n]
+        return self.train_points[:n].reshape(-1, *self.shape)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "kind": "trained", "train": self.train_config}
@@ -96,7 +105,24 @@ def c_noise(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return torch.log(sigma / alpha) / 4
 
 
-def n_parameters(width: int, depth: int, dim: int, n_freq: int = 16) -> int:
-    """The parameters of ResidualMLP(dim, width, depth, n_freq), weights and biases."""
-    w = width
-    return 2 * n_freq * w + w * w + 2 * dim * w + 2 * depth * w * w + (4 + 2 * depth) * w + dim
+def sample_shape(config: dict[str, Any]) -> tuple[int, ...]:
+    """The sample shape a checkpoint's config records (`shape`; before it, flat (dim,))."""
+    return tuple(int(s) for s in config.get("shape", [config["dim"]]))
+
+
+def build_network(network: dict[str, Any], shape: tuple[int, ...]) -> torch.nn.Module:
+    """The untrained network a config's `network` table names ({"class", "width", "depth"}) for
+    samples of `shape`; ValueError/KeyError/TypeError for a table that names no such network."""
+    name = network["class"]
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}")
+    if name == "SmallUNet":
+        return SmallUNet(shape, int(network["width"]))
+    return ResidualMLP(math.prod(shape), int(network["width"]), int(network["depth"]))
+
+
+def count_parameters(network: dict[str, Any], shape: tuple[int, ...]) -> int:
+    """The parameters of build_network(network, shape), counted on the meta device (nothing is
+    allocated, so a hostile or mistaken width is measured before it is built)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_network(network, shape).parameters())

@@ -244,12 +244,12 @@ def _out_dir(run: Path, out_dir: str | Path | None, suffix: str, names: tuple[st
     except OSError as exc:
         raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
     for name in names:
-        own = _own_metrics if name == METRICS else plot.check_own_figure
+        own = own_metrics if name == METRICS else plot.check_own_figure
         check_replaceable(out / name, own, "spectra output")
     return out
 
 
-def _own_metrics(path: Path) -> None:
+def own_metrics(path: Path) -> None:
     """compare-theory's metrics.json: format spectra-metrics (or, before that key, the run and
     times that every metrics.json holds)."""
     try:
