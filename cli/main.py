@@ -80,7 +80,8 @@ def cli() -> None:
               "cache, a spectra train checkpoint .pt); omitted: the shipped demo model.")
 @click.option("--data", default=None, help="Anchors: omitted (the model's own data), an array "
               "file (.npy/.npz/.h5 of shape (N, *shape); FILE:KEY selects an array) or 'noise'.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Run file (HDF5).")
+@click.option("--out", required=True, type=click.Path(),
+              help="Run file (HDF5); a folder when --model names snapshots.")
 @click.option("--n-samples", type=int, default=None,
               help="Number of anchors [default: 8, or fewer if a data file holds fewer].")
 @click.option("--times", callback=float_list, default=None, help="Comma-separated times.")

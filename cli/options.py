@@ -47,6 +47,9 @@ def load_options(command):
                      help="What a bare module predicts."),
         click.option("--shape", callback=shape_option, default=None,
                      help="Sample shape C,H,W for models that cannot tell it."),
+        click.option("--class-label", type=int, default=None,
+                     help="Class of a class-conditional network (EDM's label_dim, diffusers' "
+                     "num_class_embeds)."),
         click.option("--allow-pickle", is_flag=True,
                      help="Let an edm:SNAPSHOT.pkl model be unpickled (only for files you trust)."),
     ]):

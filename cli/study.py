@@ -75,8 +75,10 @@ def memorization_cmd(model: str | None, train_data: str | None, n: int, out: str
 @click.option("--times", callback=float_list, default=None,
               help="The time grid [default: --n-times evenly spaced from --t-max down to --t-min].")
 @click.option("--n-times", type=click.IntRange(2, 10**6), default=26, show_default=True)
-@click.option("--t-min", type=float, default=0.001, show_default=True)
-@click.option("--t-max", type=float, default=0.999, show_default=True)
+@click.option("--t-min", type=float, default=None,
+              help="Grid start [default: 0.001 for vp-sqrt (Buchanan et al.'s grid), else the schedule's].")
+@click.option("--t-max", type=float, default=None,
+              help="Grid end [default: 0.999 for vp-sqrt, else the schedule's].")
 @click.option("--weights", callback=float_list, default=None,
               help="lambda(t) at each time of the grid [default: uniform].")
 @click.option("--variance", type=float, default=1.0, show_default=True,
@@ -95,8 +97,14 @@ def crossover_cmd(schedule: str, times: list[float] | None, n_times: int, t_min:
     from spectra.schedules import Schedule
     from spectra.theory.memorization import critical_fraction
 
+    if any(not 1 <= c <= 2 for c in c_values):
+        raise SpectraError(f"--C must be in [1, 2] (Buchanan et al.'s bounds), got {c_values}")
     sched = Schedule(schedule)
-    grid = np.asarray(times if times is not None else np.linspace(t_max, t_min, n_times))
+    lo, hi = (0.001, 0.999) if schedule == "vp-sqrt" else sched.default_range
+    lo, hi = lo if t_min is None else t_min, hi if t_max is None else t_max
+    grid = np.asarray(times if times is not None else np.linspace(hi, lo, n_times))
+    if times is None and sched.integer_times:
+        grid = np.unique(np.round(grid))[::-1]
     sched.validate(grid)
     try:
         fractions = critical_fraction(sched.alpha(grid), sched.sigma(grid), variance,

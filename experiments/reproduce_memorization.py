@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 import spectra  # noqa: E402
 from spectra.models import load_model  # noqa: E402
+from spectra.studies import snapshots  # noqa: E402
 from spectra.studies.phases import measured_spectrum  # noqa: E402
 from spectra.theory.memorization import critical_fraction, paper_grid, vp_sqrt  # noqa: E402
 
@@ -92,8 +93,10 @@ class Study:
         """Run one listed command, timed under `label`; returns its standard output."""
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         start = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "spectra_cli", *args], check=True, cwd=self.work,
+        res = subprocess.run([sys.executable, "-m", "spectra_cli", *args], cwd=self.work,
                              capture_output=True, text=True, env=env)
+        if res.returncode:
+            sys.exit(f"spectra {' '.join(args)} failed:\n{res.stderr}")
         self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
         return res.stdout
 
@@ -174,11 +177,11 @@ def last_loss(ck: Path) -> float:
 
 
 def kept_directions(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(tau (T,), the median over anchors of the count of normalized values mu > -1 + Delta (T,)):
-    the directions the denoiser keeps (J_x0's singular values above Delta / alpha)."""
-    mu, _ = measured_spectrum(spectra.load(run))
-    tau = np.asarray(spectra.load(run)["tau"])
-    return tau, np.median(np.sum(mu > -1 + DELTA, axis=-1), axis=0)
+    """(tau (T,), the directions the denoiser keeps (T,)): the count of values of the median
+    normalized spectrum over anchors above -1 + Delta, as the snapshots summary counts them."""
+    traj = spectra.load(run)
+    mu, _ = measured_spectrum(traj)
+    return np.asarray(traj["tau"]), snapshots.kept_directions(mu, DELTA)
 
 
 def excess_losses(work: Path, n: int, draws: int, seed: int) -> dict:
@@ -251,7 +254,7 @@ def figures(study: Study, digits: dict, mixture: dict) -> None:
     right.semilogx(rows[ns[0]]["empirical"]["tau"], rows[ns[-1]]["empirical"]["kept"], "k--",
                    label=f"exact empirical, N = {ns[-1]}")
     right.set_xlabel(r"$\tau = \sigma^2/\alpha^2$")
-    right.set_ylabel(r"directions kept: $\mu > -1 + \Delta$ (median of 8 digits)")
+    right.set_ylabel(r"directions kept: median $\mu > -1 + \Delta$ (8 digits)")
     right.legend(loc="best", fontsize=8)
     fig.suptitle("digits: memorization and the spectral signature against the training-set size")
     fig.savefig(out / "digits.png", dpi=120)
@@ -304,9 +307,10 @@ def page(study: Study, digits: dict, mixture: dict) -> str:
         "",
         f"A U-Net (`spectra train`, {study.steps()} steps, batch 128) on the first N of scikit-learn's "
         f"8 x 8 digits; {study.generated()} samples each (`spectra memorization`, Heun, 32 steps); "
-        "the denoiser's directions kept (normalized values mu > -1 + 0.1, median over 8 training digits) "
-        "from `spectra estimate`. The exact empirical score of the same images is the memorizing reference "
-        "(theory: memorized fraction 1, no direction kept at small tau).",
+        "the denoiser's directions kept (values of the median normalized spectrum of 8 training digits "
+        "above -1 + 0.1; docs/theory.md 3.5) from `spectra estimate`. The exact empirical score of the "
+        "same images is the memorizing reference (theory: memorized fraction 1, no direction kept at "
+        "small tau).",
         "",
         f"| N | memorized fraction (U-Net) | (exact empirical) | directions kept at tau = {first_tau:.2g} "
         f"(U-Net / empirical) | at tau = {mid_tau:.2g} | final training loss |",

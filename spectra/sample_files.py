@@ -2,7 +2,8 @@
 
 `spectra sample --out S.npy` writes the samples (N, *shape) as S.npy and how they were made (model,
 sampler, seed, times and noise levels of the steps; spectra.sampling) as S.json, with
-`format = "spectra-samples"`. `spectra dataset NAME --out D.npz` writes arrays `x` and `labels`.
+`format = "spectra-samples"`. `spectra dataset NAME --out D.npz` writes arrays `x` and `labels`
+and the string array `format` = "spectra-dataset:NAME".
 Both write under a temporary name and rename into place; with --overwrite they replace only a file
 of their own kind.
 """
@@ -22,6 +23,7 @@ from spectra.lock import locked
 from spectra.outputs import check_folder, check_replaceable, clear_stale
 
 SAMPLES_FORMAT = "spectra-samples"
+DATASET_FORMAT = "spectra-dataset"
 
 
 def write_samples(out: str | Path, model_spec: str | None, n: int, sampler: str = "heun", steps: int = 32,
@@ -29,13 +31,12 @@ def write_samples(out: str | Path, model_spec: str | None, n: int, sampler: str 
                   overwrite: bool = False, progress: bool = False, **load: Any) -> Path:
     """Sample the model (spectra.sampling.sample) into OUT.npy and record the steps in OUT.json;
     `load`: load_model's schedule, parameterization, shape and allow_pickle for the spec."""
-    from spectra.models import load_model
-    from spectra.sampling import sample
+    from spectra.sampling import load_conditioned, sample
 
     out = _target(out, ".npy", overwrite, _own_samples)
     record = out.with_suffix(".json")
     check_replaceable(record, _own_record, "spectra samples record")
-    model = load_model(model_spec, **load)
+    model = load_conditioned(model_spec, **load)
     with locked(out):
         result = sample(model, n, steps, sampler, seed, t_min, t_max, progress)
         _atomic(out, lambda fh: np.save(fh, result.x))
@@ -54,7 +55,7 @@ def write_dataset(name: str, out: str | Path, overwrite: bool = False) -> tuple[
     out = _target(out, ".npz", overwrite, _own_dataset)
     x, labels = digits()
     with locked(out):
-        _atomic(out, lambda fh: np.savez(fh, x=x, labels=labels))
+        _atomic(out, lambda fh: np.savez(fh, x=x, labels=labels, format=np.array(f"{DATASET_FORMAT}:{name}")))
     return out, x.shape
 
 
@@ -99,10 +100,13 @@ def _own_record(path: Path) -> None:
 
 
 def _own_dataset(path: Path) -> None:
+    """A dataset spectra wrote: an .npz whose `format` array names one."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
+            marked = "format.npy" in archive.namelist()
+        with np.load(path, allow_pickle=False) as arrays:
+            mark = str(arrays["format"]) if marked else ""
+    except (OSError, ValueError, zipfile.BadZipFile):
         raise SpectraError("not an .npz archive") from None
-    if names != {"x.npy", "labels.npy"}:
-        raise SpectraError("not a dataset spectra wrote (arrays x and labels)")
+    if not mark.startswith(f"{DATASET_FORMAT}:"):
+        raise SpectraError(f"its format is {mark[:40]!r}, not a spectra dataset")

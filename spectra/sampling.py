@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
+from spectra.models import load_model
 from spectra.models.base import ScoreModel
 
 #: sampler names: the probability-flow ODE with Heun steps, the ancestral (DDPM) sampler
@@ -67,6 +68,15 @@ class Samples:
                 "noise_levels": self.noise.tolist(), "model": self.model, **self.extra}
 
 
+def load_conditioned(spec: str | None, class_label: int | None = None, **load: Any) -> ScoreModel:
+    """The model a spec names (spectra.models.load_model with `load`'s schedule, parameterization,
+    shape and allow_pickle), at class `class_label` when given (a class-conditional network)."""
+    model = load_model(spec, **load)
+    if class_label is not None:
+        model.condition(class_label)
+    return model
+
+
 def noise_levels(model: ScoreModel, steps: int, t_min: float | None = None, t_max: float | None = None,
                  rho: float = RHO) -> tuple[np.ndarray, np.ndarray]:
     """(times (K,), s = sqrt(tau) (K,)), decreasing, of EDM's rho-spaced levels over
@@ -80,6 +90,9 @@ def noise_levels(model: ScoreModel, steps: int, t_min: float | None = None, t_ma
     if steps < 2:
         raise SpectraError(f"--steps must be at least 2, got {steps}")
     s_max, s_min = math.sqrt(float(schedule.tau(hi))), math.sqrt(float(schedule.tau(lo)))
+    if not s_min >= 1e-6:  # below it the Heun correction divides round-off by the level
+        raise SpectraError(f"--t-min {lo:g} gives the noise level sqrt(tau) = {s_min:.3g}: below 1e-6 the "
+                           "steps divide round-off by it; take a larger --t-min")
     ramp = np.linspace(0.0, 1.0, steps)
     s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     times = schedule.times_of_tau(s**2, lo, hi)

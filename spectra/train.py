@@ -109,6 +109,15 @@ def _network(opts: TrainOptions, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"class": name, "width": opts.width or DEFAULT_WIDTH[name], "depth": opts.depth}
 
 
+def _architecture(network: Any) -> dict[str, Any]:
+    """What a config's network table builds, by the options that name it: the class (`network`),
+    the width and (the MLP's) depth."""
+    if not isinstance(network, dict):
+        return {"network": network}
+    built = {"network": network.get("class"), "width": network.get("width")}
+    return built if network.get("class") == "SmallUNet" else {**built, "depth": network.get("depth")}
+
+
 def _dtype(opts: TrainOptions, network: dict[str, Any]) -> str:
     """The training dtype: --dtype, or float32 for the U-Net (its convolutions ran 5 to 8 times
     faster than in float64 on a 2-core CPU: 10 against 51 ms a step at width 16, batch 128) and
@@ -238,6 +247,8 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
     if exists and overwrite:
         read_checkpoint(out)  # only ever replace a spectra checkpoint
     config, data, points = build_config(opts, out)
+    if opts.snapshot_every is not None:
+        _check_snapshots(snapshot_folder(out), fresh=not (exists and resume))
     torch.manual_seed(opts.seed)
     shape = tuple(config["shape"])
     dtype = getattr(torch, config["options"]["dtype"])
@@ -255,12 +266,15 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
             raise SpectraError(f"{out} is a damaged spectra checkpoint (no options)")
         # steps, checkpoint_every and snapshot_every never change the weights of a given step;
         # the data is compared by its spec's content, so the same spec named by another path
-        # resumes; checkpoints from before --network trained the MLP
-        free = ("steps", "checkpoint_every", "snapshot_every", "data")
-        before = {"network": "mlp", "dtype": "float64"}  # what checkpoints before these options ran
+        # resumes
+        # the network is compared as built (--network auto and unet build the same U-Net)
+        free = ("steps", "checkpoint_every", "snapshot_every", "data", "network", "width", "depth")
+        before = {"dtype": "float64"}  # what checkpoints from before --dtype ran
         same = {k: v for k, v in {**before, **old["options"]}.items() if k not in free}
         new = {k: v for k, v in config["options"].items() if k not in free}
         same["data spec"], new["data spec"] = old["data_spec"], config["data_spec"]
+        same.update(_architecture(old.get("network")))
+        new.update(_architecture(config["network"]))
         if same != new:
             diff = ", ".join(k for k in sorted(new) if same.get(k) != new.get(k))
             raise SpectraError(f"cannot resume {out}: options differ ({diff})")
@@ -318,6 +332,17 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
     bar.close()
     _save(out, config, step, None if slim else net, ema, None if slim else optimizer, losses, points)
     return out
+
+
+def _check_snapshots(folder: Path, fresh: bool) -> None:
+    """Refuse, before training, a snapshot folder that cannot take this run's snapshots: a file
+    in its place, or (for a new run) one that holds an earlier training's snapshots, which the
+    new ones would mix with."""
+    if folder.exists() and not folder.is_dir():
+        raise SpectraError(f"{folder} is in the way of the snapshot folder: move it")
+    if fresh and folder.is_dir() and any(folder.glob("*.pt")):
+        raise SpectraError(f"{folder} holds the snapshots of an earlier training: remove it (or move it) "
+                           "to train again")
 
 
 def snapshot_folder(out: Path) -> Path:

@@ -327,7 +327,8 @@ def test_cli_dataset_digits(tmp_path):
     res = run("dataset", "digits", "--out", out)
     assert res.exit_code == 0, res.output
     with np.load(out) as f:
-        assert set(f.files) == {"x", "labels"}
+        assert set(f.files) == {"x", "labels", "format"}
+        assert str(f["format"]) == "spectra-dataset:digits"
         x, labels = f["x"], f["labels"]
     assert x.shape == (1797, 1, 8, 8) and x.min() >= -1 and x.max() <= 1
     assert x.min() == -1 and x.max() == 1
@@ -518,3 +519,140 @@ def test_sample_reads_a_bare_factory_module_as_estimate_does(tmp_path):
     assert res.exit_code == 0, res.output
     x = np.load(tmp_path / "s.npy")
     assert x.shape == (3, 16) and np.all(np.isfinite(x))
+
+
+# --- review fixes: reruns, mixed trainings, foreign files, damaged checkpoints -----------------
+def test_following_snapshots_again_resumes_and_refuses_other_options(unet, tmp_path):
+    """A second run into the same folder resumes (complete runs return at once, same summary);
+    other options are refused in one line, the runs untouched."""
+    snaps, out = unet.parent / "ck-snapshots", tmp_path / "snapdir"
+    args = ("estimate", "--model", snaps, "--out", out, "--n-samples", 2, "--generated", 0, "--quiet")
+    assert run(*args, "--n-times", 3).exit_code == 0
+    before = (out / "step-00000030.h5").read_bytes()
+    first = json.loads((out / "summary.json").read_text())
+    res = run(*args, "--n-times", 3)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text()) == first
+    assert_user_error(run(*args, "--n-times", 4))
+    assert (out / "step-00000030.h5").read_bytes() == before
+
+
+def test_snapshots_of_one_name_or_of_two_trainings_are_refused(unet, digits_file, tmp_path):
+    snaps = unet.parent / "ck-snapshots"
+    other = tmp_path / "other.pt"
+    assert run("train", "--data", digits_file, "--steps", 30, "--out", other, "--snapshot-every", 30,
+               "--seed", 1, *TRAIN).exit_code == 0
+    twin = tmp_path / "other-snapshots" / "step-00000030.pt"
+    copy = tmp_path / "copy" / "step-00000030.pt"  # the same snapshot under the same name elsewhere
+    copy.parent.mkdir()
+    copy.write_bytes((snaps / "step-00000030.pt").read_bytes())
+    res = run("estimate", "--model", f"{snaps / 'step-00000030.pt'},{copy}", "--out", tmp_path / "d1",
+              "--n-times", 2, "--quiet")
+    assert_user_error(res)
+    assert "share the name" in res.stderr
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.pt").write_bytes((snaps / "step-00000030.pt").read_bytes())
+    (mixed / "b.pt").write_bytes(twin.read_bytes())
+    res = run("estimate", "--model", mixed, "--out", tmp_path / "d2", "--n-times", 2, "--quiet")
+    assert_user_error(res)
+    assert "different trainings" in res.stderr
+
+
+def test_a_new_training_refuses_an_old_snapshot_folder(unet, digits_file, tmp_path):
+    out = tmp_path / "ck.pt"
+    args = ("train", "--data", digits_file, "--steps", 4, "--out", out, "--snapshot-every", 2, *TRAIN)
+    assert run(*args).exit_code == 0
+    res = run(*args, "--overwrite")
+    assert_user_error(res)
+    assert "earlier training" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "ck-snapshots").iterdir()) == ["step-00000002.pt",
+                                                                             "step-00000004.pt"]
+    (tmp_path / "in-snapshots").write_text("mine")
+    res = run("train", "--data", digits_file, "--steps", 2, "--out", tmp_path / "in.pt",
+              "--snapshot-every", 1, *TRAIN)
+    assert_user_error(res)
+    assert not (tmp_path / "in.pt").exists() and (tmp_path / "in-snapshots").read_text() == "mine"
+
+
+def test_a_checkpoint_from_before_the_network_options_resumes(digits_file, tmp_path):
+    """A flat-data MLP checkpoint whose config has no shape and whose options have no network,
+    dtype or snapshot_every (as spectra wrote before them) resumes with the default options."""
+    from spectra.checkpoint import write_checkpoint
+
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.load(digits_file)[:40].reshape(40, 64))
+    out = tmp_path / "old.pt"
+    args = ("train", "--data", flat, "--n-train", 32, "--batch-size", 16, "--width", 8, "--quiet")
+    assert run(*args, "--steps", 3, "--out", out).exit_code == 0
+    ck, config = config_of(out)
+    del config["shape"]
+    for key in ("network", "dtype", "snapshot_every"):
+        del config["options"][key]
+    ck = {k: v for k, v in ck.items() if k not in ("format", "format_version")}
+    write_checkpoint(out, {**ck, "config": json.dumps(config)})
+    res = run(*args, "--steps", 6, "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    assert int(torch.load(out, weights_only=True)["step"]) == 6
+
+
+def test_a_checkpoint_shape_of_negative_sizes_is_refused(unet, tmp_path):
+    from spectra.checkpoint import write_checkpoint
+
+    ck, config = config_of(unet)
+    config["shape"] = [-8, -8]
+    config["dim"] = 64
+    bad = tmp_path / "bad.pt"
+    write_checkpoint(bad, {**{k: v for k, v in ck.items() if k not in ("format", "format_version")},
+                           "config": json.dumps(config)})
+    res = run("sample", "--model", bad, "--n", 2, "--steps", 2, "--out", tmp_path / "s.npy", "--quiet")
+    assert_user_error(res)
+    assert "damaged" in res.stderr
+
+
+def test_dataset_never_replaces_a_users_archive(tmp_path):
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, x=np.zeros((2, 3)), labels=np.zeros(2))
+    before = mine.read_bytes()
+    assert_user_error(run("dataset", "digits", "--out", mine, "--overwrite"))
+    assert mine.read_bytes() == before
+    ours = tmp_path / "ours.npz"
+    assert run("dataset", "digits", "--out", ours).exit_code == 0
+    assert run("dataset", "digits", "--out", ours, "--overwrite").exit_code == 0
+
+
+def test_memorization_never_replaces_another_commands_metrics(files, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = json.dumps({"format": "spectra-metrics", "run": "r.h5", "times": []})
+    (out / "metrics.json").write_text(theirs)
+    res = run("memorization", "--model", files / "emp.toml", "--n", 5, "--steps", 4, "--out", out, "--quiet")
+    assert_user_error(res)
+    assert (out / "metrics.json").read_text() == theirs
+
+
+def test_memorization_refuses_one_training_point_before_sampling(files, tmp_path):
+    one = tmp_path / "one.npy"
+    np.save(one, np.zeros((1, 20)))
+    out = tmp_path / "never"
+    res = run("memorization", "--model", files / "manifold.toml", "--train-data", one, "--n", 5, "--out", out,
+              "--quiet")
+    assert_user_error(res)
+    assert not out.exists()
+
+
+def test_sample_refuses_a_vanishing_noise_level(tmp_path):
+    spec = tmp_path / "vps.toml"
+    spec.write_text(MANIFOLD.replace('name = "ve"', 'name = "vp-sqrt"'))
+    res = run("sample", "--model", spec, "--n", 2, "--steps", 3, "--t-min", 1e-300,
+              "--out", tmp_path / "s.npy", "--quiet")
+    assert_user_error(res)
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_crossover_bounds_and_other_schedules():
+    assert_user_error(run("crossover", "--C", 0.5))
+    res = run("crossover", "--schedule", "ddpm", "--C", 1, "--json")
+    assert res.exit_code == 0, res.output
+    times = json.loads(res.output)["times"]
+    assert times == sorted(times, reverse=True) and all(t == int(t) for t in times)

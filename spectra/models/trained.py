@@ -106,8 +106,13 @@ def c_noise(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def sample_shape(config: dict[str, Any]) -> tuple[int, ...]:
-    """The sample shape a checkpoint's config records (`shape`; before it, flat (dim,))."""
-    return tuple(int(s) for s in config.get("shape", [config["dim"]]))
+    """The sample shape a checkpoint's config records (`shape`; before it, flat (dim,)); ValueError
+    unless it is a list of positive integers."""
+    shape = config.get("shape", [config["dim"]])
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ValueError(f"sample shape {shape!r}")
+    return tuple(shape)
 
 
 def build_network(network: dict[str, Any], shape: tuple[int, ...]) -> torch.nn.Module:

@@ -22,12 +22,11 @@ from matplotlib.figure import Figure
 from spectra import plot
 from spectra.arrays import load_array
 from spectra.errors import SpectraError
-from spectra.models import load_model
 from spectra.models.analytic import GaussianMixture
 from spectra.models.base import ScoreModel
 from spectra.models.trained import TrainedScoreModel
 from spectra.outputs import check_replaceable
-from spectra.sampling import Samples, sample
+from spectra.sampling import Samples, load_conditioned, sample
 from spectra.studies.phases import METRICS, METRICS_FORMAT, check_dpi, own_metrics
 
 #: nearest / second-nearest distance ratio below which a sample counts as memorized
@@ -99,9 +98,11 @@ def study(model_spec: str | None, out_dir: str | Path, n: int = 100, train_data:
     if not 0 < threshold <= 1:
         raise SpectraError(f"--threshold must be in (0, 1], got {threshold}")
     dpi = check_dpi(dpi)
-    out = _out_dir(Path(out_dir), fmt)
-    model = load_model(model_spec, **load)
+    model = load_conditioned(model_spec, **load)
     train = training_points(model, train_data)
+    if len(train) < 2:
+        raise SpectraError("memorization needs at least 2 training points")
+    out = _out_dir(Path(out_dir), fmt)
     if model.shape is not None and tuple(train.shape[1:]) != tuple(model.shape) \
             and train[0].size != math.prod(model.shape):
         raise SpectraError(f"training points of shape {train.shape[1:]} do not match the model's "
@@ -139,7 +140,7 @@ def _out_dir(out: Path, fmt: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
-    check_replaceable(out / METRICS, own_metrics, "spectra output")
+    check_replaceable(out / METRICS, lambda p: own_metrics(p, "memorization"), "spectra output")
     for name in figure_names(fmt):
         check_replaceable(out / name, plot.check_own_figure, "spectra output")
     return out

@@ -249,16 +249,20 @@ def _out_dir(run: Path, out_dir: str | Path | None, suffix: str, names: tuple[st
     return out
 
 
-def own_metrics(path: Path) -> None:
-    """compare-theory's metrics.json: format spectra-metrics (or, before that key, the run and
-    times that every metrics.json holds)."""
+def own_metrics(path: Path, kind: str | None = None) -> None:
+    """A metrics file of spectra's of this `kind` (None: compare-theory's, which has no kind; or,
+    before the format key, the run and times that its metrics.json holds): one command never
+    replaces another's."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         raise SpectraError("not JSON") from None
-    legacy = isinstance(data, dict) and "format" not in data and {"run", "times"} <= set(data)
+    legacy = (kind is None and isinstance(data, dict) and "format" not in data
+              and {"run", "times"} <= set(data))
     if not (isinstance(data, dict) and data.get("format") == METRICS_FORMAT or legacy):
         raise SpectraError(f"no format {METRICS_FORMAT!r}")
+    if not legacy and data.get("kind") != kind:
+        raise SpectraError(f"it holds {data.get('kind') or 'compare-theory'} metrics")
 
 
 def density_grid(n: int = 1000) -> np.ndarray:

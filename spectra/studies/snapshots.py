@@ -29,7 +29,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from spectra import analysis, plot, store
-from spectra.checkpoint import read_checkpoint
+from spectra.checkpoint import config_of, read_checkpoint
 from spectra.errors import SpectraError
 from spectra.models import load_model
 from spectra.models.trained import TrainedScoreModel
@@ -55,7 +55,14 @@ def snapshot_paths(spec: str) -> list[Path] | None:
         found = [Path(p.strip()) for p in spec.split(",") if p.strip()]
     else:
         return None
-    steps = {p: _step(p) for p in found}
+    steps, runs = {}, {}
+    for p in found:
+        steps[p], runs[p] = _step(p), _training(p)
+    first = found[0]
+    for p in found[1:]:
+        if runs[p] != runs[first]:
+            raise SpectraError(f"{p} and {first} come from different trainings (their data, network or "
+                               "options differ): give the snapshots of one run")
     return sorted(found, key=lambda p: (steps[p], p.name))
 
 
@@ -66,6 +73,17 @@ def _step(path: Path) -> int:
         return int(ck["step"])
     except (TypeError, ValueError):
         raise SpectraError(f"{path} is a damaged spectra checkpoint (step)") from None
+
+
+def _training(path: Path) -> dict[str, Any]:
+    """What makes a snapshot part of one training run: its config, less the options that never
+    change a given step's weights (the step count and how often it was saved)."""
+    config = config_of(read_checkpoint(path), path)
+    options = config.get("options")
+    if isinstance(options, dict):
+        config = {**config, "options": {k: v for k, v in options.items()
+                                        if k not in ("steps", "checkpoint_every", "snapshot_every")}}
+    return config
 
 
 def follow(snapshots: list[Path], out_dir: str | Path, opts: EstimateOptions, generated: int = 100,
@@ -83,15 +101,19 @@ def follow(snapshots: list[Path], out_dir: str | Path, opts: EstimateOptions, ge
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
-    check_replaceable(out / SUMMARY, own_metrics, "spectra output")
+    check_replaceable(out / SUMMARY, lambda p: own_metrics(p, "snapshots"), "spectra output")
     check_replaceable(out / FIGURE, plot.check_own_figure, "spectra output")
+    stems = [path.stem for path in snapshots]
+    if len(set(stems)) != len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise SpectraError(f"two snapshots share the name {twice[0]} (their runs would be one file in {out})")
     rows = []
     for path in snapshots:
+        # a run already there is resumed, which checks that it is this snapshot's, with these
+        # options (and returns at once when it is complete)
         run = out / f"{path.stem}.h5"
-        done = run.exists() and store.load(run).complete
-        if not done:
-            estimate(run, dataclasses.replace(opts, model=str(path)), resume=run.exists(),
-                     progress=progress, command=command)
+        estimate(run, dataclasses.replace(opts, model=str(path)), resume=run.exists(), progress=progress,
+                 command=command)
         rows.append(_row(path, run, delta, generated, seed))
     summary = {"format": METRICS_FORMAT, "kind": "snapshots", "resolution": delta,
                "generated": generated, "snapshots": rows}
@@ -107,9 +129,8 @@ def _row(path: Path, run: Path, delta: float, generated: int, seed: int) -> dict
     mu, _ = measured_spectrum(traj)
     tau = np.asarray(traj["tau"])
     first = int(np.argmin(tau))
-    median = analysis.median_spectrum(mu)[first]
-    dim = int(analysis.dimension(median, delta))
-    kept = np.sum(analysis.median_spectrum(mu) > -1 + delta, axis=-1)
+    dim = int(analysis.dimension(analysis.median_spectrum(mu)[first], delta))
+    kept = kept_directions(mu, delta)
     order = np.argsort(tau)
     row = {"snapshot": str(path), "step": _step(path), "run": run.name, "tau": float(tau[first]),
            "dimension": dim if dim > 0 else None, "kept_directions": int(kept[first]),
@@ -121,6 +142,12 @@ def _row(path: Path, run: Path, delta: float, generated: int, seed: int) -> dict
         x = sample(model, generated, seed=seed).x
         row["memorized_fraction"] = memorized_fraction(x, model.train_points)
     return row
+
+
+def kept_directions(mu: np.ndarray, delta: float) -> np.ndarray:
+    """The directions the denoiser keeps at each time (T,): the count of values of the median
+    normalized spectrum over anchors (mu (N, T, D)) above -1 + delta (theory.md 3.5)."""
+    return np.sum(analysis.median_spectrum(mu) > -1 + delta, axis=-1)
 
 
 def _figure(path: Path, rows: list[dict[str, Any]]) -> Path:
