@@ -22,7 +22,10 @@ def spectra_cmd(out, data, env_extra=None, *extra):
     cmd = [sys.executable, "-m", "spectra_cli", "estimate", "--model", f"{NETS}:killer",
            "--schedule", "ve", "--parameterization", "eps", "--data", str(data),
            "--n-samples", "6", "--n-times", "5", "--at", "noisy", "--directions", "haar",
-           "--batch-size", "16", "--save-points", "--out", str(out), "--quiet", *extra]
+           "--batch-size", "16", "--save-points", "--out", str(out), "--quiet",
+           # an explicit method: auto picks the fastest path by timing, so two separate runs may
+           # take different paths, equal only to round-off (a resume keeps its run's path)
+           "--method", "jvp", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
