@@ -400,8 +400,9 @@ def digits_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def unet(digits_file):
+    """A U-Net trained 200 steps on the first 32 digits, with snapshots at 100 and 200."""
     out = digits_file.parent / "ck.pt"
-    res = run("train", "--data", digits_file, "--steps", 60, "--out", out, "--snapshot-every", 30, *TRAIN)
+    res = run("train", "--data", digits_file, "--steps", 200, "--out", out, "--snapshot-every", 100, *TRAIN)
     assert res.exit_code == 0, res.output
     return out
 
@@ -414,14 +415,14 @@ def config_of(path):
 def test_train_unet_on_digits_and_estimate(unet, digits_file, tmp_path):
     ck, config = config_of(unet)
     assert config["network"]["class"] == "SmallUNet" and config["shape"] == [1, 8, 8]
-    assert config["options"]["dtype"] == "float32" and int(ck["step"]) == 60
+    assert config["options"]["dtype"] == "float32" and int(ck["step"]) == 200
     digits = np.load(digits_file)
     np.testing.assert_allclose(ck["train_points"].numpy().reshape(32, 1, 8, 8), digits[:32])
     snaps = unet.parent / "ck-snapshots"
-    assert sorted(p.name for p in snaps.iterdir()) == ["step-00000030.pt", "step-00000060.pt"]
-    snap, _ = config_of(snaps / "step-00000030.pt")
-    assert int(snap["step"]) == 30 and "optimizer" not in snap
-    last, _ = config_of(snaps / "step-00000060.pt")
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-00000100.pt", "step-00000200.pt"]
+    snap, _ = config_of(snaps / "step-00000100.pt")
+    assert int(snap["step"]) == 100 and "optimizer" not in snap
+    last, _ = config_of(snaps / "step-00000200.pt")
     for key in ck["ema"]:  # the last snapshot holds the final EMA weights
         assert torch.equal(last["ema"][key], ck["ema"][key]), key
     assert not all(torch.equal(snap["ema"][k], ck["ema"][k]) for k in ck["ema"])
@@ -479,19 +480,19 @@ def test_estimate_follows_snapshots(unet, tmp_path):
     res = run("estimate", "--model", unet.parent / "ck-snapshots", "--out", out, "--n-times", 3,
               "--n-samples", 2, "--generated", 10, "--quiet")
     assert res.exit_code == 0, res.output
-    for name in ("step-00000030.h5", "step-00000060.h5"):
+    for name in ("step-00000100.h5", "step-00000200.h5"):
         traj = spectra.store.load(out / name)
         assert traj.complete
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kind"] == "snapshots" and summary["generated"] == 10
     rows = summary["snapshots"]
-    assert [r["step"] for r in rows] == [30, 60]
+    assert [r["step"] for r in rows] == [100, 200]
     for row in rows:
         assert 0 <= row["kept_directions"] <= 64
         assert 0.0 <= row["memorized_fraction"] <= 1.0
     image = matplotlib.image.imread(out / "summary.png")
     assert (image[..., :3].mean(axis=-1) < 0.3).any()
-    assert "step 30:" in res.output and "step 60:" in res.output
+    assert "step 100:" in res.output and "step 200:" in res.output
 
 
 def test_train_refuses_bad_array_input(digits_file, tmp_path):
@@ -528,13 +529,13 @@ def test_following_snapshots_again_resumes_and_refuses_other_options(unet, tmp_p
     snaps, out = unet.parent / "ck-snapshots", tmp_path / "snapdir"
     args = ("estimate", "--model", snaps, "--out", out, "--n-samples", 2, "--generated", 0, "--quiet")
     assert run(*args, "--n-times", 3).exit_code == 0
-    before = (out / "step-00000030.h5").read_bytes()
+    before = (out / "step-00000100.h5").read_bytes()
     first = json.loads((out / "summary.json").read_text())
     res = run(*args, "--n-times", 3)
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text()) == first
     assert_user_error(run(*args, "--n-times", 4))
-    assert (out / "step-00000030.h5").read_bytes() == before
+    assert (out / "step-00000100.h5").read_bytes() == before
 
 
 def test_snapshots_of_one_name_or_of_two_trainings_are_refused(unet, digits_file, tmp_path):
@@ -543,16 +544,16 @@ def test_snapshots_of_one_name_or_of_two_trainings_are_refused(unet, digits_file
     assert run("train", "--data", digits_file, "--steps", 30, "--out", other, "--snapshot-every", 30,
                "--seed", 1, *TRAIN).exit_code == 0
     twin = tmp_path / "other-snapshots" / "step-00000030.pt"
-    copy = tmp_path / "copy" / "step-00000030.pt"  # the same snapshot under the same name elsewhere
+    copy = tmp_path / "copy" / "step-00000100.pt"  # the same snapshot under the same name elsewhere
     copy.parent.mkdir()
-    copy.write_bytes((snaps / "step-00000030.pt").read_bytes())
-    res = run("estimate", "--model", f"{snaps / 'step-00000030.pt'},{copy}", "--out", tmp_path / "d1",
+    copy.write_bytes((snaps / "step-00000100.pt").read_bytes())
+    res = run("estimate", "--model", f"{snaps / 'step-00000100.pt'},{copy}", "--out", tmp_path / "d1",
               "--n-times", 2, "--quiet")
     assert_user_error(res)
     assert "share the name" in res.stderr
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    (mixed / "a.pt").write_bytes((snaps / "step-00000030.pt").read_bytes())
+    (mixed / "a.pt").write_bytes((snaps / "step-00000100.pt").read_bytes())
     (mixed / "b.pt").write_bytes(twin.read_bytes())
     res = run("estimate", "--model", mixed, "--out", tmp_path / "d2", "--n-times", 2, "--quiet")
     assert_user_error(res)
