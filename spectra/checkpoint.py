@@ -17,14 +17,13 @@ checkpoint is read, since only a spec the user types may name code or paths.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from spectra.errors import SpectraError, first_line
-from spectra.outputs import clear_stale
+from spectra.outputs import replace_atomically
 
 FORMAT = "spectra-checkpoint"
 FORMAT_VERSION = 1
@@ -32,19 +31,16 @@ FORMAT_VERSION = 1
 ANALYTIC_KINDS = ("gaussian", "gmm")
 #: the data record of a network trained on an array of samples (its train_points)
 POINTS_KIND = "points"
+#: training options that never change the weights of a given step (a resume may change them, and
+#: snapshots of one training differ only in them)
+STEP_FREE_OPTIONS = ("steps", "checkpoint_every", "snapshot_every")
 
 
 def write_checkpoint(out: Path, payload: dict[str, Any]) -> None:
     """torch.save the payload (format keys added) under a temporary name and rename it over
     `out`, so a checkpoint is never half-written."""
-    tmp = out.with_name(out.name + ".tmp")
-    clear_stale(tmp)
-    try:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_atomically(out, lambda fh: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                  **payload}, fh))
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

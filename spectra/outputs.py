@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from spectra.errors import SpectraError
 from spectra.lock import LONGEST_SUFFIX
@@ -82,3 +83,29 @@ def check_replaceable(path: str | Path, is_own: Callable[[Path], None], kind: st
     except SpectraError as exc:
         raise SpectraError(f"refusing to replace {path}: it is not a {kind} ({exc})") from None
 
+
+
+def make_folder(path: str | Path) -> Path:
+    """The output folder `path`, made with its parents if missing; one-line SpectraError when the
+    file system refuses."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpectraError(f"cannot make the output folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through `write(file)` under the temporary name PATH.tmp (a stale one cleared
+    by clear_stale first) and rename it into place, so the file is never half-written; the
+    temporary file is removed when writing fails."""
+    tmp = path.with_name(path.name + ".tmp")
+    clear_stale(tmp)
+    try:
+        with tmp.open("wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -11,7 +11,6 @@ of their own kind.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 
 from spectra.errors import SpectraError
 from spectra.lock import locked
-from spectra.outputs import check_folder, check_replaceable, clear_stale
+from spectra.outputs import check_folder, check_replaceable, replace_atomically
 
 SAMPLES_FORMAT = "spectra-samples"
 DATASET_FORMAT = "spectra-dataset"
@@ -39,10 +38,10 @@ def write_samples(out: str | Path, model_spec: str | None, n: int, sampler: str 
     model = load_conditioned(model_spec, **load)
     with locked(out):
         result = sample(model, n, steps, sampler, seed, t_min, t_max, progress)
-        _atomic(out, lambda fh: np.save(fh, result.x))
+        replace_atomically(out, lambda fh: np.save(fh, result.x))
         text = json.dumps({"format": SAMPLES_FORMAT, "shape": list(result.x.shape), **result.record()},
                           indent=2)
-        _atomic(record, lambda fh: fh.write(text.encode()))
+        replace_atomically(record, lambda fh: fh.write(text.encode()))
     return out
 
 
@@ -55,7 +54,8 @@ def write_dataset(name: str, out: str | Path, overwrite: bool = False) -> tuple[
     out = _target(out, ".npz", overwrite, _own_dataset)
     x, labels = digits()
     with locked(out):
-        _atomic(out, lambda fh: np.savez(fh, x=x, labels=labels, format=np.array(f"{DATASET_FORMAT}:{name}")))
+        mark = np.array(f"{DATASET_FORMAT}:{name}")
+        replace_atomically(out, lambda fh: np.savez(fh, x=x, labels=labels, format=mark))
     return out, x.shape
 
 
@@ -68,18 +68,6 @@ def _target(out: str | Path, suffix: str, overwrite: bool, is_own) -> Path:
         raise SpectraError(f"{out} exists: pass --overwrite to replace it")
     check_replaceable(out, is_own, "file spectra wrote")
     return out
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    clear_stale(tmp)
-    try:
-        with tmp.open("wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _own_samples(path: Path) -> None:

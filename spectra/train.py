@@ -39,7 +39,14 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from spectra.arrays import data_file, load_array
-from spectra.checkpoint import ANALYTIC_KINDS, POINTS_KIND, config_of, read_checkpoint, write_checkpoint
+from spectra.checkpoint import (
+    ANALYTIC_KINDS,
+    POINTS_KIND,
+    STEP_FREE_OPTIONS,
+    config_of,
+    read_checkpoint,
+    write_checkpoint,
+)
 from spectra.errors import SpectraError
 from spectra.limits import require_memory
 from spectra.lock import locked
@@ -178,8 +185,7 @@ def _schedule(opts: TrainOptions, table: dict[str, Any]) -> Schedule:
         if opts.schedule not in ("ve", "vp", "ddpm"):
             raise SpectraError(f"--schedule for training must be ve, vp or ddpm, got {opts.schedule!r}")
         return Schedule(opts.schedule)
-    return Schedule.from_dict(table.get("schedule", {"name": "ve"}) if table.get("kind") in ANALYTIC_KINDS
-                              else {"name": "ve"})
+    return Schedule.from_dict(table.get("schedule", {"name": "ve"}))  # an array's record has none
 
 
 def _times(schedule: Schedule, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -264,11 +270,10 @@ def _train_locked(out: Path, opts: TrainOptions, resume: bool, overwrite: bool, 
         old = config_of(ck, out)
         if not isinstance(old.get("options"), dict):
             raise SpectraError(f"{out} is a damaged spectra checkpoint (no options)")
-        # steps, checkpoint_every and snapshot_every never change the weights of a given step;
-        # the data is compared by its spec's content, so the same spec named by another path
-        # resumes
-        # the network is compared as built (--network auto and unet build the same U-Net)
-        free = ("steps", "checkpoint_every", "snapshot_every", "data", "network", "width", "depth")
+        # STEP_FREE_OPTIONS never change the weights of a given step; the data is compared by its
+        # spec's content, so the same spec named by another path resumes; the network is compared
+        # as built (--network auto and unet build the same U-Net)
+        free = (*STEP_FREE_OPTIONS, "data", "network", "width", "depth")
         before = {"dtype": "float64"}  # what checkpoints from before --dtype ran
         same = {k: v for k, v in {**before, **old["options"]}.items() if k not in free}
         new = {k: v for k, v in config["options"].items() if k not in free}

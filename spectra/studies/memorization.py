@@ -25,9 +25,8 @@ from spectra.errors import SpectraError
 from spectra.models.analytic import GaussianMixture
 from spectra.models.base import ScoreModel
 from spectra.models.trained import TrainedScoreModel
-from spectra.outputs import check_replaceable
 from spectra.sampling import Samples, load_conditioned, sample
-from spectra.studies.phases import METRICS, METRICS_FORMAT, check_dpi, own_metrics
+from spectra.studies.phases import METRICS, METRICS_FORMAT, check_dpi, output_folder
 
 #: nearest / second-nearest distance ratio below which a sample counts as memorized
 THRESHOLD = 1 / 3
@@ -102,7 +101,7 @@ def study(model_spec: str | None, out_dir: str | Path, n: int = 100, train_data:
     train = training_points(model, train_data)
     if len(train) < 2:
         raise SpectraError("memorization needs at least 2 training points")
-    out = _out_dir(Path(out_dir), fmt)
+    out = output_folder(Path(out_dir), (METRICS, *figure_names(fmt)), "memorization")
     if model.shape is not None and tuple(train.shape[1:]) != tuple(model.shape) \
             and train[0].size != math.prod(model.shape):
         raise SpectraError(f"training points of shape {train.shape[1:]} do not match the model's "
@@ -133,17 +132,6 @@ def measure(generated: Samples, train: np.ndarray, threshold: float = THRESHOLD)
         "samples": [{"nearest": float(a), "second": float(b), "ratio": float(r), "nearest_index": int(i)}
                     for a, b, r, i in zip(d1, d2, ratio, index, strict=True)],
     }
-
-
-def _out_dir(out: Path, fmt: str) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
-    check_replaceable(out / METRICS, lambda p: own_metrics(p, "memorization"), "spectra output")
-    for name in figure_names(fmt):
-        check_replaceable(out / name, plot.check_own_figure, "spectra output")
-    return out
 
 
 def _image(x: np.ndarray) -> tuple[np.ndarray, str | None]:

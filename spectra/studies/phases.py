@@ -24,7 +24,7 @@ from spectra.errors import SpectraError, first_line
 from spectra.limits import require_memory
 from spectra.lock import locked
 from spectra.names import DEFAULT_RESOLUTION
-from spectra.outputs import check_folder, check_replaceable
+from spectra.outputs import check_folder, check_replaceable, make_folder
 from spectra.spec_toml import load_manifold, manifold_from_table
 from spectra.theory.prediction import LinearTheory
 
@@ -236,15 +236,19 @@ def _dim(value: int) -> int | None:
 
 
 def _out_dir(run: Path, out_dir: str | Path | None, suffix: str, names: tuple[str, ...]) -> Path:
-    """The output folder (made if missing), once none of the files `names` to be written there
-    is a file of someone else's (only spectra's metrics and matplotlib's figures are replaced)."""
-    out = Path(out_dir) if out_dir is not None else run.with_name(f"{run.stem}-{suffix}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
+    """The output folder of a run's comparison or plots: `out_dir`, or RUN-suffix beside the run
+    (output_folder)."""
+    return output_folder(Path(out_dir) if out_dir is not None else run.with_name(f"{run.stem}-{suffix}"),
+                         names)
+
+
+def output_folder(out: Path, names: tuple[str, ...], kind: str | None = None) -> Path:
+    """A study's output folder (made if missing), once none of the files `names` to be written
+    there is someone else's: a .json name may replace only spectra's metrics of this `kind`
+    (own_metrics), any other only a figure matplotlib wrote."""
+    make_folder(out)
     for name in names:
-        own = own_metrics if name == METRICS else plot.check_own_figure
+        own = (lambda p: own_metrics(p, kind)) if name.endswith(".json") else plot.check_own_figure
         check_replaceable(out / name, own, "spectra output")
     return out
 

@@ -29,23 +29,22 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from spectra import analysis, plot, store
-from spectra.checkpoint import config_of, read_checkpoint
+from spectra.checkpoint import STEP_FREE_OPTIONS, config_of, read_checkpoint
 from spectra.errors import SpectraError
 from spectra.models import load_model
 from spectra.models.trained import TrainedScoreModel
-from spectra.outputs import check_replaceable
 from spectra.sampling import sample
 from spectra.studies.memorization import memorized_fraction
-from spectra.studies.phases import METRICS_FORMAT, check_resolution, measured_spectrum, own_metrics
+from spectra.studies.phases import METRICS_FORMAT, check_resolution, measured_spectrum, output_folder
 from spectra.sweep.estimate import estimate
 from spectra.sweep.options import EstimateOptions
 
 SUMMARY, FIGURE = "summary.json", "summary.png"
 
 
-def snapshot_paths(spec: str) -> list[Path] | None:
-    """The snapshots a --model spec names, sorted by training step: every .pt in a folder, or a
-    comma-separated list of .pt files; None when the spec names one model."""
+def snapshot_paths(spec: str) -> list[tuple[int, Path]] | None:
+    """The snapshots a --model spec names, (training step, path) sorted by step: every .pt in a
+    folder, or a comma-separated list of .pt files; None when the spec names one model."""
     path = Path(spec)
     if path.is_dir():
         found = sorted(path.glob("*.pt"))
@@ -57,38 +56,33 @@ def snapshot_paths(spec: str) -> list[Path] | None:
         return None
     steps, runs = {}, {}
     for p in found:
-        steps[p], runs[p] = _step(p), _training(p)
+        steps[p], runs[p] = _read(p)
     first = found[0]
     for p in found[1:]:
         if runs[p] != runs[first]:
             raise SpectraError(f"{p} and {first} come from different trainings (their data, network or "
                                "options differ): give the snapshots of one run")
-    return sorted(found, key=lambda p: (steps[p], p.name))
+    return sorted(((steps[p], p) for p in found), key=lambda sp: (sp[0], sp[1].name))
 
 
-def _step(path: Path) -> int:
-    """The training step a snapshot records."""
+def _read(path: Path) -> tuple[int, dict[str, Any]]:
+    """(the training step a snapshot records, what makes it part of one training run: its config
+    less the options that never change a given step's weights)."""
     ck = read_checkpoint(path)
+    config = config_of(ck, path)
     try:
-        return int(ck["step"])
+        step = int(ck["step"])
     except (TypeError, ValueError):
         raise SpectraError(f"{path} is a damaged spectra checkpoint (step)") from None
-
-
-def _training(path: Path) -> dict[str, Any]:
-    """What makes a snapshot part of one training run: its config, less the options that never
-    change a given step's weights (the step count and how often it was saved)."""
-    config = config_of(read_checkpoint(path), path)
     options = config.get("options")
     if isinstance(options, dict):
-        config = {**config, "options": {k: v for k, v in options.items()
-                                        if k not in ("steps", "checkpoint_every", "snapshot_every")}}
-    return config
+        config = {**config, "options": {k: v for k, v in options.items() if k not in STEP_FREE_OPTIONS}}
+    return step, config
 
 
-def follow(snapshots: list[Path], out_dir: str | Path, opts: EstimateOptions, generated: int = 100,
-           resolution: float = 0.1, progress: bool = True, command: str = "", seed: int = 0
-           ) -> dict[str, Any]:
+def follow(snapshots: list[tuple[int, Path]], out_dir: str | Path, opts: EstimateOptions,
+           generated: int = 100, resolution: float = 0.1, progress: bool = True, command: str = "",
+           seed: int = 0) -> dict[str, Any]:
     """Estimate every snapshot into DIR and write DIR/summary.json and DIR/summary.png; returns
     the summary (see the module docstring)."""
     delta = check_resolution(resolution)
@@ -97,24 +91,19 @@ def follow(snapshots: list[Path], out_dir: str | Path, opts: EstimateOptions, ge
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SpectraError(f"--out {out} must be a folder when --model names several snapshots")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpectraError(f"cannot make the output folder {out}: {exc.strerror or exc}") from None
-    check_replaceable(out / SUMMARY, lambda p: own_metrics(p, "snapshots"), "spectra output")
-    check_replaceable(out / FIGURE, plot.check_own_figure, "spectra output")
-    stems = [path.stem for path in snapshots]
+    output_folder(out, (SUMMARY, FIGURE), "snapshots")
+    stems = [path.stem for _, path in snapshots]
     if len(set(stems)) != len(stems):
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise SpectraError(f"two snapshots share the name {twice[0]} (their runs would be one file in {out})")
     rows = []
-    for path in snapshots:
+    for step, path in snapshots:
         # a run already there is resumed, which checks that it is this snapshot's, with these
         # options (and returns at once when it is complete)
         run = out / f"{path.stem}.h5"
         estimate(run, dataclasses.replace(opts, model=str(path)), resume=run.exists(), progress=progress,
                  command=command)
-        rows.append(_row(path, run, delta, generated, seed))
+        rows.append(_row(step, path, run, delta, generated, seed))
     summary = {"format": METRICS_FORMAT, "kind": "snapshots", "resolution": delta,
                "generated": generated, "snapshots": rows}
     _figure(out / FIGURE, rows)
@@ -124,7 +113,7 @@ def follow(snapshots: list[Path], out_dir: str | Path, opts: EstimateOptions, ge
     return summary
 
 
-def _row(path: Path, run: Path, delta: float, generated: int, seed: int) -> dict[str, Any]:
+def _row(step: int, path: Path, run: Path, delta: float, generated: int, seed: int) -> dict[str, Any]:
     traj = store.load(run)
     mu, _ = measured_spectrum(traj)
     tau = np.asarray(traj["tau"])
@@ -132,7 +121,7 @@ def _row(path: Path, run: Path, delta: float, generated: int, seed: int) -> dict
     dim = int(analysis.dimension(analysis.median_spectrum(mu)[first], delta))
     kept = kept_directions(mu, delta)
     order = np.argsort(tau)
-    row = {"snapshot": str(path), "step": _step(path), "run": run.name, "tau": float(tau[first]),
+    row = {"snapshot": str(path), "step": step, "run": run.name, "tau": float(tau[first]),
            "dimension": dim if dim > 0 else None, "kept_directions": int(kept[first]),
            "taus": tau[order].tolist(), "kept_by_tau": kept[order].astype(int).tolist(),
            "memorized_fraction": None}
