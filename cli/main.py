@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from spectra_cli.angles import angles_cmd
 from spectra_cli.options import SEED, float_list, shape_option
 from spectra_cli.study import crossover_cmd, dataset_cmd, memorization_cmd, sample_cmd
 
@@ -22,6 +23,7 @@ from spectra.errors import SpectraError, first_line, os_error
 from spectra.names import (
     DEFAULT_RENDEZVOUS_TIMEOUT,
     DEFAULT_RESOLUTION,
+    FEATURE_PREFIX,
     METHODS,
     PARAMETERIZATIONS,
     TARGETS,
@@ -94,6 +96,9 @@ def cli() -> None:
               "where the theory's phases lie) or in t [default: tau; a resume keeps the run's].")
 @click.option("--target", type=click.Choice(TARGETS), default=None,
               help="Jacobian of which prediction [default: score; denoiser for --method topk].")
+@click.option("--feature", default=None,
+              help="Jacobian of the activation of this submodule of a network (its dotted name, as "
+              "named_modules gives it) instead of --target: rectangular, singular values only.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
 @click.option("--k", type=int, default=None,
               help="Values kept per Jacobian [default: all D; 16 for --method topk].")
@@ -116,6 +121,8 @@ def cli() -> None:
               "back to eager products, recorded, where compiling fails).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--save-points", is_flag=True, help="Store the exact evaluation points.")
+@click.option("--save-vectors", type=click.IntRange(0, MAX_INT), default=0, show_default=True,
+              help="Store the top V right and left singular vectors of each Jacobian.")
 @click.option("--schedule", type=click.Choice(SCHEDULE_NAMES), default=None,
               help="Schedule of a bare module returned by a factory.")
 @click.option("--parameterization", type=click.Choice(PARAMETERIZATIONS), default=None,
@@ -138,10 +145,16 @@ def cli() -> None:
 @click.option("--resolution", type=float, default=DEFAULT_RESOLUTION, show_default=True,
               help="Snapshots: Delta, the smallest gap that counts in the summary's dimension.")
 def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvous_timeout: float,
-                 generated: int, resolution: float, **options) -> None:
+                 generated: int, resolution: float, feature: str | None, **options) -> None:
     """Jacobian spectra of a model over a grid of diffusion times, into an HDF5 run file; for a
     folder (or comma-separated list) of spectra train snapshots, one run file per snapshot in
     the folder --out and a summary against the training step."""
+    if feature is not None:
+        if options["target"] is not None:
+            raise SpectraError("--feature and --target conflict: a run takes the Jacobian of one of them")
+        if not feature.strip():
+            raise SpectraError("--feature needs a submodule name")
+        options["target"] = FEATURE_PREFIX + feature
     opts = EstimateOptions(**options)
     check_request(opts, resume, overwrite)
     command = "spectra " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -288,7 +301,7 @@ def plot_cmd(run: str, out: str | None, resolution: float, fmt: str, dpi: int) -
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-for _command in (sample_cmd, memorization_cmd, crossover_cmd, dataset_cmd):
+for _command in (sample_cmd, memorization_cmd, crossover_cmd, dataset_cmd, angles_cmd):
     cli.add_command(_command)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from spectra.errors import SpectraError
+from spectra.names import FEATURE_PREFIX
 from spectra.store import Trajectory, load
 from spectra.sweep.options import EstimateOptions
 
@@ -34,6 +35,7 @@ def estimate(
     schedule: Any = None,
     parameterization: str | None = None,
     shape: Sequence[int] | None = None,
+    feature: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -50,9 +52,10 @@ def estimate(
             (N, *shape) in memory (written to a temporary .npy for the run's fingerprint).
         times: diffusion times; None: the default grid (`n_times`, `t_min`, `t_max`).
         method: auto | jvp | vjp | fd-forward | fd-central | topk.
+        feature: the Jacobian of this submodule's activation (as `--feature`) instead of `target`.
         resume, overwrite, progress: as the command's --resume, --overwrite and (not) --quiet.
         options: any other field of spectra.sweep.options.EstimateOptions (n_samples, target,
-            k, tol, at, dtype, device, batch_size, seed, ...).
+            k, tol, at, dtype, device, batch_size, seed, save_vectors, ...).
     Returns:
         the complete run (spectra.Trajectory; `.to_xarray()` where xarray is installed).
     """
@@ -65,6 +68,10 @@ def estimate(
     if unknown:
         raise SpectraError(f"unknown option(s) {', '.join(unknown)} (the fields of "
                            "spectra.sweep.options.EstimateOptions)")
+    if feature is not None:
+        if options.get("target") is not None:
+            raise SpectraError("feature and target conflict: a run takes the Jacobian of one of them")
+        options["target"] = FEATURE_PREFIX + feature
     in_memory = model is not None and not isinstance(model, (str, Path))
     shape = tuple(int(s) for s in shape) if shape is not None else None
     given = None

@@ -1,7 +1,8 @@
 """The named dimensions of a run file, for the tools of the ecosystem.
 
 Every dataset of a run has named axes: `anchor` (N), `time` (T), `value` (K) and the sample axes
-(`feature` for flat samples; `channel`, `height`, `width` for images; `sample_0`, ... otherwise).
+(`feature` for flat samples; `channel`, `height`, `width` for images; `sample_0`, ... otherwise);
+the singular vectors kept by --save-vectors have `vector` (V), `input` (D) and `output` (F).
 Format version 2 writes them as HDF5 dimension scales (index datasets `anchor`, `time`, `value`
 and the sample axes, attached to every dataset) and marks `t`, `alpha`, `sigma` and `tau` as the
 coordinates of every (anchor, time) dataset (the CF `coordinates` attribute), so that
@@ -27,6 +28,10 @@ GRID = ("t", "alpha", "sigma", "tau")
 #: datasets per (anchor, time) and per (anchor, time, value)
 PAIR = ("asymmetry", "seconds", "done", "jvp_products", "vjp_products")
 VALUES = ("singular_values", "sym_eigenvalues", "residuals")
+#: the singular vectors (--save-vectors): right ones over the input's D entries, left ones over
+#: the target's F entries
+VECTORS = {"right_vectors": ("anchor", "time", "vector", "input"),
+           "left_vectors": ("anchor", "time", "vector", "output")}
 
 
 def sample_dims(ndim: int) -> tuple[str, ...]:
@@ -44,6 +49,8 @@ def dims_of(name: str, sample_ndim: int) -> tuple[str, ...] | None:
         return ("anchor", "time")
     if name in VALUES:
         return ("anchor", "time", "value")
+    if name in VECTORS:
+        return VECTORS[name]
     if name == "x0":
         return ("anchor", *sample)
     if name == "points":
@@ -58,6 +65,9 @@ def attach(f: h5py.File) -> None:
     sample_ndim = x0.ndim - 1
     sizes = {"anchor": x0.shape[0], "time": f["t"].shape[0], "value": f["singular_values"].shape[2]}
     sizes.update(zip(sample_dims(sample_ndim), x0.shape[1:], strict=True))
+    if "right_vectors" in f:
+        _, _, kept, dim = f["right_vectors"].shape
+        sizes.update(vector=kept, input=dim, output=f["left_vectors"].shape[3])
     for dim, size in sizes.items():
         f.create_dataset(dim, data=np.arange(size, dtype=np.int64))
         f[dim].make_scale(dim)
@@ -67,7 +77,7 @@ def attach(f: h5py.File) -> None:
             continue
         for axis, dim in enumerate(dims):
             f[name].dims[axis].attach_scale(f[dim])
-        if name in PAIR or name in VALUES or name == "points":
+        if name in PAIR or name in VALUES or name in VECTORS or name == "points":
             f[name].attrs["coordinates"] = " ".join(GRID)
 
 

@@ -10,6 +10,8 @@ COMPILABLE = ("auto", "jvp", "topk")
 #: what a model predicts, and the targets whose Jacobian is taken (spectra.models.parameterization)
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 TARGETS = ("score", "denoiser", "eps")
+#: a target `feature:NAME` is the activation of the network's submodule NAME (--feature NAME)
+FEATURE_PREFIX = "feature:"
 #: seconds the ranks of a torchrun sweep wait for each other to join (spectra.distributed)
 DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
 #: the smallest gap, in normalized units, that counts as visible (spectra.studies.phases)

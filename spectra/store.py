@@ -11,6 +11,7 @@ certifies values that did not reach the disk. A run killed at any point resumes 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import numpy as np
 
 from spectra import dimensions, hdf5
 from spectra.errors import SpectraError
+from spectra.names import FEATURE_PREFIX
 from spectra.outputs import clear_stale
 from spectra.schedules import Schedule
 
@@ -36,6 +38,8 @@ VALUE_DATASETS = ("singular_values", "sym_eigenvalues", "residuals")
 SCALAR_DATASETS = ("asymmetry", "seconds")
 #: (N, T) product counts of the top-k method (NaN where not computed)
 PRODUCT_DATASETS = ("jvp_products", "vjp_products")
+#: (N, T, V, D) and (N, T, V, F): the top V right and left singular vectors (--save-vectors)
+VECTOR_DATASETS = ("right_vectors", "left_vectors")
 
 
 def _encode(value: Any) -> Any:
@@ -89,7 +93,9 @@ def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
         value = _decode(f.attrs[name]) if name in f.attrs else None
         if value is not None and not isinstance(value, kind) or isinstance(value, bool) and kind is int:
             raise SpectraError(f"{path} is a damaged run file (attribute {name!r} is {value!r})")
-    if _decode(f.attrs["target"]) not in TARGET_VALUES:
+    target = _decode(f.attrs["target"])
+    if target not in TARGET_VALUES and not (isinstance(target, str) and target.startswith(FEATURE_PREFIX)
+                                            and len(target) > len(FEATURE_PREFIX)):
         raise SpectraError(f"{path} is a damaged run file (target {_decode(f.attrs['target'])!r})")
     for name in JSON_ATTRS:
         if name in f.attrs:
@@ -118,7 +124,14 @@ def check_structure(f: h5py.File, path: str | Path) -> tuple[int, int]:
     required.update({name: (n, nt, k) for name in VALUE_DATASETS[:2]})
     required.update({name: (n, nt) for name in SCALAR_DATASETS + ("done",)})
     optional = {name: (n, nt) for name in PRODUCT_DATASETS}
-    optional.update({"residuals": (n, nt, k), "points": (n, nt, *x0.shape[1:])})
+    optional.update({"residuals": (n, nt, k), "points": (n, nt, *x0.shape[1:]),
+                     "right_vectors": (n, nt, k, math.prod(x0.shape[1:])), "left_vectors": (n, nt, k, k)})
+    if ("right_vectors" in f) != ("left_vectors" in f):
+        raise SpectraError(f"{path} is a damaged run file (it holds one of right_vectors and left_vectors)")
+    if "right_vectors" in f and "left_vectors" in f:  # one V for both
+        right, left = hdf5.dataset(f, "right_vectors", path), hdf5.dataset(f, "left_vectors", path)
+        if right.ndim == left.ndim == 4:
+            optional["left_vectors"] = (n, nt, right.shape[2], None)
     present = {**required, **{name: want for name, want in optional.items() if name in f}}
     for name, want in present.items():
         if f.get(name, getlink=True) is None:
@@ -181,6 +194,7 @@ def create(
     k: int,
     points_shape: tuple[int, ...] | None = None,
     residuals: bool = False,
+    vectors: tuple[int, int] | None = None,
 ) -> None:
     """Write a new, empty trajectory file at `path` (replacing any file there, atomically).
 
@@ -191,6 +205,8 @@ def create(
         k: K, the number of values kept per (anchor, time).
         points_shape: (N, T, *shape) to keep the evaluation points, or None.
         residuals: whether to allocate `residuals` and the product counts (top-k methods).
+        vectors: (V, F) to keep the top V right (N, T, V, D) and left (N, T, V, F) singular
+            vectors, or None.
     """
     n, t = len(x0), len(grid["t"])
     with atomic_h5(path) as f:
@@ -209,6 +225,10 @@ def create(
         _allocated(f, "done", (n, t), False)
         if points_shape is not None:
             _allocated(f, "points", points_shape, np.nan)
+        if vectors is not None:
+            kept, out_dim = vectors
+            _allocated(f, "right_vectors", (n, t, kept, x0[0].size), np.nan)
+            _allocated(f, "left_vectors", (n, t, kept, out_dim), np.nan)
         dimensions.attach(f)
 
 
@@ -302,7 +322,7 @@ def merge(path: str | Path, part: str | Path) -> int:
                 dst.attrs["complete"] = True
                 dst.flush()
             return 0
-        for name in VALUE_DATASETS + SCALAR_DATASETS + PRODUCT_DATASETS + ("points",):
+        for name in VALUE_DATASETS + SCALAR_DATASETS + PRODUCT_DATASETS + VECTOR_DATASETS + ("points",):
             if name in dst:
                 values = dst[name][()]
                 values[new] = src[name][()][new]

@@ -32,8 +32,9 @@ def pair_bytes(op: JacobianOperator, products: Sequence[str], pairs: int = PROBE
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator(device).manual_seed(0)  # leaves the global CUDA stream of numbers alone
-    vectors = torch.randn(1, single.dim, pairs, dtype=op.points.dtype, device=device, generator=gen)
     for name in products:
+        vectors = torch.randn(1, single.size_in(name), pairs, dtype=op.points.dtype, device=device,
+                              generator=gen)
         getattr(single, name)(vectors)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base

@@ -37,7 +37,7 @@ from spectra.jacobian.operators import (
 from spectra.jacobian.safety import entered
 from spectra.jacobian.topk import TopKResult, topk_svd
 from spectra.models.base import ScoreModel
-from spectra.names import COMPILABLE, DENSE_METHODS
+from spectra.names import COMPILABLE, DENSE_METHODS, FEATURE_PREFIX
 from spectra.theory.manifold import random_orthonormal
 
 
@@ -127,7 +127,17 @@ def make_operator(
     if path.compiled:
         fn, inputs = partial(model.target_from, target=target), model.time_inputs(t, points)
         return AutodiffJacobian(fn, points, batch_size, inputs, around, compiled=True)
-    return _OPERATORS[path.engine](_target_fn(model, t, target), points, batch_size, around=around)
+    return _OPERATORS[path.engine](_target_fn(model, t, target), points, batch_size, around=around,
+                                   out_shape=output_shape(model, points, t, target))
+
+
+def output_shape(model: ScoreModel, points: torch.Tensor, t: float, target: str) -> tuple[int, ...] | None:
+    """The shape of one sample of `target`'s value: None (the input's) for the score, denoiser and
+    eps; a feature's own shape, from one evaluation at the first point."""
+    if not target.startswith(FEATURE_PREFIX):
+        return None
+    with torch.no_grad():
+        return tuple(model.target(points[:1], t, target).shape[1:])
 
 
 def runnable_paths(model: ScoreModel, point: torch.Tensor, t: float, target: str, method: str,
@@ -158,9 +168,9 @@ def runnable_paths(model: ScoreModel, point: torch.Tensor, t: float, target: str
                 for n in (1, 2):
                     points = x.expand(n, *x.shape[1:]).contiguous()
                     op = make_operator(model, points, t, target, path, batch_size=n)
-                    probe = torch.zeros(n, op.dim, 1, dtype=x.dtype, device=x.device)
-                    probe[:, 0, 0] = 1
                     for product in PRODUCTS[name]:
+                        probe = torch.zeros(n, op.size_in(product), 1, dtype=x.dtype, device=x.device)
+                        probe[:, 0, 0] = 1
                         getattr(op, product)(probe)
         except SpectraError:
             raise
@@ -215,9 +225,10 @@ def jacobian_at(
     batch_size: int = 256,
     path: AutodiffPath | None = None,
 ) -> torch.Tensor:
-    """Dense Jacobians (N, D, D) of `target` at `points` (N, *shape), time t, by `method`
-    (not `auto`: resolve it with probe_path first), on `path` (default: torch.func, as it is).
-    directions: None (basis) or (N, D, D) orthogonal matrices."""
+    """Dense Jacobians (N, F, D) of `target` at `points` (N, *shape), time t, by `method`
+    (not `auto`: resolve it with probe_path first), on `path` (default: torch.func, as it is);
+    F = D but for a feature target. directions: None (basis) or (N, D, D) orthogonal matrices
+    (square Jacobians only)."""
     if method not in DENSE_METHODS:
         raise SpectraError(f"unknown dense method {method!r} (expected one of {', '.join(DENSE_METHODS)})")
     path = AutodiffPath(method) if path is None else replace(path, method=method)
@@ -238,7 +249,8 @@ def method_operator(
     if path.method in ("fd-forward", "fd-central"):
         scheme = path.method.removeprefix("fd-")
         h = finite_difference_step(step, points, float(model.schedule.sigma(t)), scheme)
-        return FiniteDifferenceJacobian(_target_fn(model, t, target), points, batch_size, h, scheme)
+        return FiniteDifferenceJacobian(_target_fn(model, t, target), points, batch_size, h, scheme,
+                                        output_shape(model, points, t, target))
     return make_operator(model, points, t, target, path, batch_size)
 
 
@@ -296,13 +308,15 @@ def jacobian_spectra(
     directions: torch.Tensor | None = None,
     batch_size: int = 256,
     path: AutodiffPath | None = None,
+    n_vectors: int = 0,
 ) -> DenseSpectra:
-    """Spectra of the dense Jacobians built by `method` (see jacobian_at); raises SpectraError
-    naming t when a Jacobian has NaN/inf entries. Does not check the model's values first."""
+    """Spectra of the dense Jacobians built by `method` (see jacobian_at), with the top
+    `n_vectors` singular vector pairs; raises SpectraError naming t when a Jacobian has NaN/inf
+    entries. Does not check the model's values first."""
     jac = jacobian_at(model, points, t, target, method, step, directions, batch_size, path)
     if not torch.all(torch.isfinite(jac)):
         raise SpectraError(f"Jacobian has NaN or infinite entries at t={t:g} (method {method})")
-    return dense_spectra(jac)
+    return dense_spectra(jac, n_vectors)
 
 
 def spectra_at(

@@ -1,12 +1,13 @@
 """Jacobian operators: objects that only know how to multiply (after curvlinops).
 
-An operator holds a batched function F: (B, *shape) -> (B, *shape) whose samples are independent
-(the target of a ScoreModel at one time t, called as fn(x, *inputs): `inputs` are tensors that
-carry t when F is written for compiled products) and N points x_1..x_N. It multiplies the N Jacobians
-J_n = dF/dx (x_n) (each D x D, D = prod(shape)) with blocks of vectors:
+An operator holds a batched function F: (B, *shape) -> (B, *out_shape) whose samples are
+independent (the target of a ScoreModel at one time t, called as fn(x, *inputs): `inputs` are
+tensors that carry t when F is written for compiled products) and N points x_1..x_N. It multiplies
+the N Jacobians J_n = dF/dx (x_n) (each F x D, D = prod(shape), F = prod(out_shape); square,
+F = D, for the score, denoiser and eps; rectangular for an internal feature) with blocks of vectors:
 
-    matmat(V):  V (N, D, k) -> (N, D, k),   out[n] = J_n V[n]
-    rmatmat(U): U (N, D, k) -> (N, D, k),   out[n] = J_n^T U[n]
+    matmat(V):  V (N, D, k) -> (N, F, k),   out[n] = J_n V[n]
+    rmatmat(U): U (N, F, k) -> (N, D, k),   out[n] = J_n^T U[n]
 
 Products are computed inside `around()` (a context manager factory: safety.entered for the
 forward-AD-safe context), in chunks of at most `batch_size` (point, vector) pairs so memory stays
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -55,15 +57,23 @@ class JacobianOperator(ABC):
 
     def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
                  inputs: tuple[torch.Tensor, ...] = (),
-                 around: Callable[[], AbstractContextManager] = nullcontext) -> None:
+                 around: Callable[[], AbstractContextManager] = nullcontext,
+                 out_shape: tuple[int, ...] | None = None) -> None:
         self.fn = fn
         self.inputs = inputs
         self.around = around
         self.points = points
         self.shape = tuple(points.shape[1:])
         self.dim = points[0].numel()
+        #: F's output shape per sample (the input's unless given) and its size F
+        self.out_shape = self.shape if out_shape is None else tuple(out_shape)
+        self.out_dim = math.prod(self.out_shape)
         self.batch_size = max(1, int(batch_size))
         self.n_products = 0
+
+    def size_in(self, product: str) -> int:
+        """The length of the vectors `product` ("matmat" or "rmatmat") takes: D or F."""
+        return self.dim if product == "matmat" else self.out_dim
 
     def subset(self, idx: np.ndarray) -> JacobianOperator:
         """The same operator restricted to the points self.points[idx]."""
@@ -86,21 +96,23 @@ class JacobianOperator(ABC):
                 for n in range(0, self.n_points, per)]
 
     @torch.no_grad()
-    def _apply(self, v: torch.Tensor, block: Callable) -> torch.Tensor:
-        """Products chunk by chunk. Under no_grad: the torch.func transforms inside still
-        differentiate, but no autograd graph through the model's parameters is recorded (it
-        would keep every chunk's activations alive)."""
+    def _apply(self, v: torch.Tensor, block: Callable, shape_in: tuple[int, ...], dim_out: int
+               ) -> torch.Tensor:
+        """Products chunk by chunk, of vectors of shape `shape_in` into vectors of size
+        `dim_out`. Under no_grad: the torch.func transforms inside still differentiate, but no
+        autograd graph through the model's parameters is recorded (it would keep every chunk's
+        activations alive)."""
         n, d, k = v.shape
-        if n != self.n_points or d != self.dim:
-            raise ValueError(f"expected vectors of shape ({self.n_points}, {self.dim}, k)")
+        if n != self.n_points or d != math.prod(shape_in):
+            raise ValueError(f"expected vectors of shape ({self.n_points}, {math.prod(shape_in)}, k)")
         vt = v.transpose(1, 2)  # (N, k, D): one row per vector
-        out = torch.empty_like(vt)
+        out = vt.new_empty((n, k, dim_out))
         report = _on_products.get()
         with self.around():
             for pts, vec in self._chunks(k):
                 rows = vt[pts, vec]
-                rows = rows.reshape(rows.shape[0], rows.shape[1], *self.shape)
-                out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], d)
+                rows = rows.reshape(rows.shape[0], rows.shape[1], *shape_in)
+                out[pts, vec] = block(pts, rows).reshape(rows.shape[0], rows.shape[1], dim_out)
                 self.n_products += rows.shape[0] * rows.shape[1]
                 if report is not None:
                     report(rows.shape[0] * rows.shape[1])
@@ -113,16 +125,16 @@ class JacobianOperator(ABC):
         return self.fn(x, *self.inputs)
 
     def matmat(self, v: torch.Tensor) -> torch.Tensor:
-        """J_n V[n] for every point n; V of shape (N, D, k)."""
-        return self._apply(v, self._jv_block)
+        """J_n V[n] for every point n; V of shape (N, D, k), the result (N, F, k)."""
+        return self._apply(v, self._jv_block, self.shape, self.out_dim)
 
     def rmatmat(self, u: torch.Tensor) -> torch.Tensor:
-        """J_n^T U[n] for every point n; U of shape (N, D, k)."""
-        return self._apply(u, self._vjp_block)
+        """J_n^T U[n] for every point n; U of shape (N, F, k), the result (N, D, k)."""
+        return self._apply(u, self._vjp_block, self.out_shape, self.dim)
 
     @abstractmethod
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
-        """Points self.points[pts] (n of them), v (n, k, *shape) -> J v (n, k, *shape)."""
+        """Points self.points[pts] (n of them), v (n, k, *shape) -> J v (n, k, *out_shape)."""
 
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no adjoint product")
@@ -214,8 +226,8 @@ class AutodiffJacobian(JacobianOperator):
     def __init__(self, fn: BatchedFn, points: torch.Tensor, batch_size: int,
                  inputs: tuple[torch.Tensor, ...] = (),
                  around: Callable[[], AbstractContextManager] = nullcontext,
-                 compiled: bool = False) -> None:
-        super().__init__(fn, points, batch_size, inputs, around)
+                 compiled: bool = False, out_shape: tuple[int, ...] | None = None) -> None:
+        super().__init__(fn, points, batch_size, inputs, around, out_shape)
         self.compiled = compiled
 
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
@@ -289,8 +301,9 @@ class AutogradJacobian(JacobianOperator):
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = self._replicated(pts, u.shape[1])
-            (grad,) = torch.autograd.grad(self._batched(x), x, u.reshape(x.shape))
-        return grad.reshape(u.shape)
+            y = self._batched(x)
+            (grad,) = torch.autograd.grad(y, x, u.reshape(y.shape))
+        return grad.reshape(u.shape[0], u.shape[1], *self.shape)
 
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
@@ -299,7 +312,7 @@ class AutogradJacobian(JacobianOperator):
             w = torch.zeros_like(y, requires_grad=True)
             (pullback,) = torch.autograd.grad(y, x, w, create_graph=True)
             (jv,) = torch.autograd.grad(pullback, w, v.reshape(x.shape))
-        return jv.reshape(v.shape)
+        return jv.reshape(v.shape[0], v.shape[1], *self.out_shape)
 
 
 class AutogradRowsJacobian(JacobianOperator):
@@ -318,7 +331,7 @@ class AutogradRowsJacobian(JacobianOperator):
         return x, self._batched(x)
 
     def _vjp_block(self, pts: slice, u: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(u)
+        out = u.new_empty((u.shape[0], u.shape[1], *self.shape))
         with torch.enable_grad():
             for i, xi in enumerate(self.points[pts]):
                 x, y = self._graph(xi)
@@ -327,7 +340,7 @@ class AutogradRowsJacobian(JacobianOperator):
         return out
 
     def _jv_block(self, pts: slice, v: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(v)
+        out = v.new_empty((v.shape[0], v.shape[1], *self.out_shape))
         with torch.enable_grad():
             for i, xi in enumerate(self.points[pts]):
                 x, y = self._graph(xi)
@@ -350,8 +363,9 @@ class FiniteDifferenceJacobian(JacobianOperator):
         batch_size: int,
         step: torch.Tensor,
         scheme: str = "central",
+        out_shape: tuple[int, ...] | None = None,
     ) -> None:
-        super().__init__(fn, points, batch_size)
+        super().__init__(fn, points, batch_size, out_shape=out_shape)
         if scheme not in ("forward", "central"):
             raise ValueError(f"unknown finite-difference scheme {scheme!r}")
         self.scheme = scheme
@@ -363,13 +377,15 @@ class FiniteDifferenceJacobian(JacobianOperator):
         n, k = v.shape[:2]
         x = self.points[pts]
         h = self.step[pts].reshape(n, 1, *([1] * len(self.shape)))
-        plus = self._batched((x[:, None] + h * v).reshape(n * k, *self.shape)).reshape(v.shape)
+        flat_h = h.reshape(n, 1, 1)
+        flat = (n, k, self.out_dim)
+        plus = self._batched((x[:, None] + h * v).reshape(n * k, *self.shape)).reshape(flat)
         if self.scheme == "central":
-            minus = self._batched((x[:, None] - h * v).reshape(n * k, *self.shape)).reshape(v.shape)
-            return (plus - minus) / (2 * h)
+            minus = self._batched((x[:, None] - h * v).reshape(n * k, *self.shape)).reshape(flat)
+            return (plus - minus) / (2 * flat_h)
         if self._base is None:
-            self._base = self._batched(self.points)
-        return (plus - self._base[pts, None]) / h
+            self._base = self._batched(self.points).reshape(self.n_points, self.out_dim)
+        return (plus - self._base[pts, None]) / flat_h
 
     def subset(self, idx: np.ndarray) -> FiniteDifferenceJacobian:
         new = super().subset(idx)

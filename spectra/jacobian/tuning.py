@@ -62,11 +62,12 @@ def _products(model: ScoreModel, point: torch.Tensor, t: float, target: str, pat
     `n_points` copies of `point`, in one chunk."""
     points = point[None].expand(n_points, *point.shape).contiguous()
     op = method_operator(model, points, t, target, path, n_points * width, step)
-    vectors = _vectors(n_points, op.dim, width, point)
+    vectors = {product: _vectors(n_points, op.size_in(product), width, point)
+               for product in PRODUCTS[path.method]}
 
     def run() -> None:
-        for product in PRODUCTS[path.method]:
-            getattr(op, product)(vectors)
+        for product, block in vectors.items():
+            getattr(op, product)(block)
 
     return run
 

@@ -16,6 +16,7 @@ import torch
 
 from spectra.errors import SpectraError
 from spectra.models.parameterization import check_target, to_target
+from spectra.names import FEATURE_PREFIX
 from spectra.schedules import Schedule
 
 
@@ -73,10 +74,23 @@ class ScoreModel(ABC):
         return float(self.schedule.alpha(t)), float(self.schedule.sigma(t))
 
     def target(self, x: torch.Tensor, t: float, target: str) -> torch.Tensor:
-        """score | denoiser | eps at x (B, *shape), time t."""
+        """score | denoiser | eps at x (B, *shape), time t; for `feature:NAME` the activation of
+        submodule NAME (B, *feature_shape) (feature)."""
+        if target.startswith(FEATURE_PREFIX):
+            return self.feature(x, t, target.removeprefix(FEATURE_PREFIX))
         check_target(target)
         alpha, sigma = self.alpha_sigma(t)
         return to_target(self.checked_predict(x, t), x, alpha, sigma, self.parameterization, target)
+
+    def feature(self, x: torch.Tensor, t: float, name: str) -> torch.Tensor:
+        """The activation (B, *feature_shape) of the submodule `name` when the model runs at x
+        (B, *shape) and time t; only networks have submodules."""
+        raise SpectraError(f"--feature {name}: {type(self).__name__} is not a network (it has no "
+                           "submodules)")
+
+    def feature_names(self) -> list[str]:
+        """The submodules --feature can name (none for analytic models)."""
+        return []
 
     def checked_predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """predict(x, t), refused in one line unless it is a real floating-point tensor (an

@@ -147,6 +147,40 @@ class NetworkScoreModel(ScoreModel):
         out = self.predict_from(x, labels, alpha, sigma)
         return to_target(out, x, alpha, sigma, self.parameterization, target)
 
+    def feature_names(self) -> list[str]:
+        """The module's named submodules, in definition order (torch's named_modules)."""
+        return [name for name, _ in self.module.named_modules() if name]
+
+    def feature(self, x: torch.Tensor, t: float, name: str) -> torch.Tensor:
+        """The output of submodule `name` (its first tensor when it returns a tuple), caught by a
+        forward hook while the module predicts at x, t; refused unless it is a (B, ...) tensor.
+        The hook runs inside torch.func's transforms, so JVPs and VJPs of the feature are exact."""
+        try:
+            sub = self.module.get_submodule(name)
+        except AttributeError:
+            names = self.feature_names()
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise SpectraError(f"--feature {name!r} is not a submodule of {type(self.module).__name__} "
+                               f"(it has: {shown or 'none'})") from None
+        caught: list[Any] = []
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            caught.append(output[0] if isinstance(output, (tuple, list)) and output else output)
+
+        handle = sub.register_forward_hook(hook)
+        try:
+            self.predict(x, t)
+        finally:
+            handle.remove()
+        if not caught:
+            raise SpectraError(f"--feature {name!r}: the submodule did not run when the model predicted")
+        value = caught[-1]
+        if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != x.shape[0]:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise SpectraError(f"--feature {name!r} returned {got}, not a tensor with the batch of "
+                               f"{x.shape[0]} samples first")
+        return value
+
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:
         out = self.predict_from(x, *self.time_inputs(t, x))
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:

@@ -4,7 +4,8 @@
 The theory is chosen in this order: `--manifold SPEC` (a gaussian linear-manifold spec), `--data
 SPEC` (the Gaussian-equivalent theory of that data's covariance: an array file of samples, or a
 model spec whose distribution is known), or what the run itself records (an analytic gaussian
-model knows its manifold). Measured spectra are normalized (spectra.analysis) and compared on the
+model knows its manifold; a gmm spec, or a network trained on one, gets the exact mixture theory
+of spectra.studies.mixtures). Measured spectra are normalized (spectra.analysis) and compared on the
 run's own tau grid; predictions depend on tau alone, so any schedule works.
 """
 
@@ -23,9 +24,11 @@ from spectra import analysis, dimensions, hdf5, plot, store
 from spectra.errors import SpectraError, first_line
 from spectra.limits import require_memory
 from spectra.lock import locked
-from spectra.names import DEFAULT_RESOLUTION
+from spectra.names import DEFAULT_RESOLUTION, TARGETS
 from spectra.outputs import check_folder, check_replaceable, make_folder
 from spectra.spec_toml import load_manifold, manifold_from_table
+from spectra.studies import mixtures
+from spectra.theory.mixture import MixtureTheory
 from spectra.theory.prediction import LinearTheory
 
 THEORY_FORMAT = "spectra-theory"
@@ -65,7 +68,7 @@ def check_resolution(delta: float) -> float:
 
 # --- choosing the theory ---------------------------------------------------------------------
 def theory_for_run(traj: store.Trajectory, manifold: str | None = None, data: str | None = None
-                   ) -> tuple[LinearTheory, dict[str, Any]]:
+                   ) -> tuple[LinearTheory | MixtureTheory, dict[str, Any]]:
     """The theory for a run and a description of where it came from (see module docstring)."""
     if manifold and data:
         raise SpectraError("give --manifold or --data, not both")
@@ -84,7 +87,9 @@ def theory_for_run(traj: store.Trajectory, manifold: str | None = None, data: st
     return theory, {**source, **theory.description, "ambient_dim": theory.ambient_dim, "m": theory.m}
 
 
-def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
+def recorded_config(traj: store.Trajectory) -> tuple[str | None, dict[str, Any]]:
+    """The kind and table of the data a run's model records: its own analytic spec, or the data
+    spec a `spectra train` network learned; (None, {}) when it records none."""
     try:
         config = json.loads(traj.attrs.get("model_config") or "{}")
     except json.JSONDecodeError:
@@ -94,9 +99,16 @@ def _recorded_theory(traj: store.Trajectory) -> LinearTheory:
         train = config.get("train")
         config = train.get("data_spec") if isinstance(train, dict) else None
         kind = config.get("kind") if isinstance(config, dict) else None
+    return (kind, config) if isinstance(config, dict) and isinstance(kind, str) else (None, {})
+
+
+def _recorded_theory(traj: store.Trajectory) -> LinearTheory | MixtureTheory:
+    kind, config = recorded_config(traj)
     if kind == "gaussian":
         table = {k: v for k, v in config.items() if k != "spec_file"}
         return LinearTheory.from_manifold(manifold_from_table(table, f"{traj.path} model_config"))
+    if kind == "gmm":  # a mixture: the exact prediction at the run's points (studies.mixtures)
+        return mixtures.recorded_mixture(config, f"{traj.path} model_config")
     raise SpectraError(
         f"{traj.path} does not record the data of its model (model kind {kind or 'unknown'!r}): "
         "pass --manifold SPEC or --data SPEC"
@@ -140,21 +152,40 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
     names, dpi = figure_names(fmt), check_dpi(dpi)
     run = Path(run)
     traj = store.load(run)
+    check_normalizable(traj)
     theory, source = theory_for_run(traj, manifold, data)
     out = _out_dir(run, out_dir, "theory", (METRICS, *names))
     target = traj.attrs["target"]
     tau, alpha, sigma, t = traj["tau"], traj["alpha"], traj["sigma"], traj["t"]
     mu, done = measured_spectrum(traj)
-    predicted = theory.eigenvalues(tau)
     median = analysis.median_spectrum(mu)
+    grid = density_grid()
+    mixture_rows = None
+    if isinstance(theory, MixtureTheory):
+        pred = mixtures.predict(theory, traj)
+        d = mixtures.class_index(theory)
+        predicted, per_anchor_predicted = pred.median, pred.per_anchor
+        phases = {"predicted": mixtures.phases(tau, predicted, delta, d),
+                  "measured": mixtures.phases(tau, median, delta, d)}
+        predicted_labels, measured_labels = (
+            mixtures.phase_labels(tau, spectrum, delta, phases[which]["manifold_gap_index"], d)
+            for spectrum, which in ((predicted, "predicted"), (median, "measured")))
+        mixture_rows = mixtures.per_time(theory, pred, mu, median, tau, done)
+        arrays = {"tau": tau, "eigenvalues": predicted, "singular_values": pred.singular_values,
+                  "anchor_eigenvalues": per_anchor_predicted, "confidence": pred.confidence}
+    else:
+        predicted = per_anchor_predicted = theory.eigenvalues(tau)
+        phases = {"predicted": theory.phases(delta), "measured": analysis.measured_phases(tau, median, delta)}
+        predicted_labels = theory.phase_labels(tau, delta)
+        measured_labels = analysis.phase_labels(median, delta, phases["measured"]["manifold_gap_index"])
+        arrays = {"tau": tau, "eigenvalues": predicted,
+                  "singular_values": theory.singular_values(alpha, sigma, target),
+                  "density_grid": grid, "density": theory.density(tau, grid), "atom": theory.atom(tau)}
 
     per_anchor_dim = analysis.dimension(mu, delta)  # (N, T)
     median_dim = analysis.dimension(median, delta)
     predicted_dim = analysis.dimension(predicted, delta)
-    distances = analysis.spectrum_distance(mu, predicted[None])  # (N, T)
-    phases = {"predicted": theory.phases(delta), "measured": analysis.measured_phases(tau, median, delta)}
-    predicted_labels = theory.phase_labels(tau, delta)
-    measured_labels = analysis.phase_labels(median, delta, phases["measured"]["manifold_gap_index"])
+    distances = analysis.spectrum_distance(mu, per_anchor_predicted)  # (N, T)
     times = []
     for ti in range(len(tau)):
         have = done[:, ti]
@@ -167,13 +198,11 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
             "spectrum_distance": float(np.nanmax(distances[have, ti])) if have.any() else None,
             "measured_phase": measured_labels[ti], "predicted_phase": predicted_labels[ti],
         })
+        if mixture_rows is not None:
+            times[-1]["mixture"] = mixture_rows[ti]
     metrics = {"format": METRICS_FORMAT, "run": str(run), "target": target, "resolution": delta,
                "theory": source, "times": times, "phases": phases}
 
-    grid = density_grid()
-    arrays = {"tau": tau, "eigenvalues": predicted,
-              "singular_values": theory.singular_values(alpha, sigma, target),
-              "density_grid": grid, "density": theory.density(tau, grid), "atom": theory.atom(tau)}
     with locked(run):
         write_theory_group(run, arrays, {"source": json.dumps(source), "resolution": delta,
                                          "phases": json.dumps(phases["predicted"])})
@@ -193,6 +222,7 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None,
     names, dpi = figure_names(fmt), check_dpi(dpi)
     run = Path(run)
     traj = store.load(run)
+    check_normalizable(traj)
     out = _out_dir(run, out_dir, "plots", names)
     target = traj.attrs["target"]
     tau = traj["tau"]
@@ -221,6 +251,7 @@ def _figures(out: Path, names: tuple[str, ...], dpi: int, tau: np.ndarray, mu: n
 def measured_spectrum(traj: store.Trajectory) -> tuple[np.ndarray, np.ndarray]:
     """The run's normalized spectra mu (N, T, D) at absolute positions (NaN where not computed,
     including every (anchor, time) whose `done` is false) and the done mask (N, T)."""
+    check_normalizable(traj)
     done = traj["done"].astype(bool)
     if not done.any():
         raise SpectraError(f"{traj.path} has no finished Jacobians yet (run spectra estimate --resume)")
@@ -229,6 +260,14 @@ def measured_spectrum(traj: store.Trajectory) -> tuple[np.ndarray, np.ndarray]:
     dim = math.prod(traj["x0"].shape[1:])
     mu = analysis.normalized_spectrum(sv, traj.attrs["target"], traj["alpha"], traj["sigma"], dim)
     return mu, done
+
+
+def check_normalizable(traj: store.Trajectory) -> None:
+    """Refuse a run whose target has no normalized spectrum (a feature's Jacobian)."""
+    target = traj.attrs["target"]
+    if target not in TARGETS:
+        raise SpectraError(f"{traj.path} holds the Jacobian of {target}, which has no normalized spectrum "
+                           "and no theory; read its singular values with spectra.load")
 
 
 def _dim(value: int) -> int | None:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from spectra.errors import SpectraError
-from spectra.names import COMPILABLE, METHODS, TARGETS
+from spectra.names import COMPILABLE, FEATURE_PREFIX, METHODS, TARGETS
 
 DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
 DEFAULT_TOPK = 16
 #: options added after the first run files, with the value that those files ran with
-LATER_OPTIONS = {"compile": False, "spacing": "t", "allow_pickle": False}
+LATER_OPTIONS = {"compile": False, "spacing": "t", "allow_pickle": False, "save_vectors": 0}
 #: options a resume compares by the content they lead to (the model's fingerprint, the anchors,
 #: the time grid), not by spelling; the chunk size changes no value at all, nor does
 #: --allow-pickle (the model's fingerprint says whether it is the same model)
@@ -58,6 +58,13 @@ class EstimateOptions:
     spacing: str | None = None
     #: whether an edm:SNAPSHOT.pkl model may be unpickled (the user typed --allow-pickle)
     allow_pickle: bool = False
+    #: the top singular vector pairs kept per Jacobian (right_vectors, left_vectors; 0: none)
+    save_vectors: int = 0
+
+    @property
+    def feature(self) -> str | None:
+        """The submodule whose activation's Jacobian is taken (target `feature:NAME`), or None."""
+        return self.target.removeprefix(FEATURE_PREFIX) if is_feature(self.target) else None
 
     def __post_init__(self) -> None:
         """Defaults that depend on the method: top-k targets the denoiser (its largest values
@@ -71,6 +78,11 @@ class EstimateOptions:
         d = dataclasses.asdict(self)
         d["shape"] = list(self.shape) if self.shape is not None else None
         return d
+
+
+def is_feature(target: str | None) -> bool:
+    """Whether `target` names an internal feature (`feature:NAME`, from --feature NAME)."""
+    return target is not None and target.startswith(FEATURE_PREFIX)
 
 
 def parse_step(step: str) -> str | float:
@@ -101,8 +113,15 @@ def validate(opts: EstimateOptions) -> None:
             raise SpectraError(f"--{field.name.replace('_', '-')} {value} is too large")
     if opts.seed < 0:
         raise SpectraError(f"--seed must be non-negative, got {opts.seed}")
-    if opts.target not in TARGETS:
+    if opts.target not in TARGETS and not (is_feature(opts.target) and opts.feature):
         raise SpectraError(f"--target must be one of {', '.join(TARGETS)}")
+    if opts.feature is not None:
+        check_feature(opts)
+    if opts.save_vectors < 0:
+        raise SpectraError(f"--save-vectors must be non-negative, got {opts.save_vectors}")
+    if opts.k is not None and opts.save_vectors > opts.k:
+        raise SpectraError(f"--save-vectors {opts.save_vectors} exceeds --k {opts.k}: a run keeps the "
+                           "vectors of the values it keeps")
     if opts.method not in METHODS:
         raise SpectraError(f"--method must be one of {', '.join(METHODS)}")
     if opts.spacing not in (None, "tau", "t"):
@@ -126,3 +145,15 @@ def validate(opts: EstimateOptions) -> None:
         raise SpectraError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if parse_step(opts.step) != "auto" and opts.method in ("jvp", "vjp", "topk"):
         raise SpectraError(f"--step applies to finite differences, not --method {opts.method}")
+
+
+def check_feature(opts: EstimateOptions) -> None:
+    """--feature NAME: a rectangular Jacobian (F x D), built densely by JVPs, VJPs or finite
+    differences; it has singular values only."""
+    if opts.method == "topk":
+        raise SpectraError("--feature takes a dense method (auto, jvp, vjp, fd-forward, fd-central), "
+                           "not --method topk")
+    if opts.directions != "basis":
+        raise SpectraError("--directions haar needs a square Jacobian; a --feature Jacobian is rectangular")
+    if opts.compile:
+        raise SpectraError("--compile applies to the score, denoiser and eps, not to --feature")

@@ -148,11 +148,14 @@ def create_run(out: Path, opts: EstimateOptions, setup: Setup, command: str) -> 
     times = setup.times
     grid = {"t": times, "alpha": setup.alpha, "sigma": setup.sigma, "tau": model.schedule.tau(times)}
     points_shape = (len(setup.x0), len(times), *setup.x0.shape[1:]) if opts.save_points else None
-    store.create(out, attrs, grid, setup.x0, k, points_shape, residuals=setup.path.method == "topk")
+    vectors = (opts.save_vectors, setup.out_dim or setup.dim) if opts.save_vectors else None
+    store.create(out, attrs, grid, setup.x0, k, points_shape, residuals=setup.path.method == "topk",
+                 vectors=vectors)
 
 
 def file_bytes(setup: Setup, opts: EstimateOptions) -> int:
     """The bytes of a new run file: its (N, T, K) and (N, T) datasets, x0 and saved points."""
     n, nt = len(setup.x0), len(setup.times)
-    per_pair = 8 * (3 * setup.k + 5) + (8 * setup.dim if opts.save_points else 0)
+    per_pair = 8 * (3 * setup.k + 5) + (8 * setup.dim if opts.save_points else 0) \
+        + 8 * opts.save_vectors * (setup.dim + (setup.out_dim or setup.dim))
     return n * nt * per_pair + 8 * setup.x0.size

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from spectra import distributed, store
 from spectra.errors import SpectraError, first_line
+from spectra.jacobian.dense import sign_fixed
 from spectra.jacobian.methods import jacobian_spectra, topk_at
 from spectra.jacobian.operators import CompileFallbackWarning, reporting
 from spectra.sweep.inputs import SEED_DIRECTIONS, directions, points_at, rng
@@ -47,9 +48,12 @@ class Dense:
         s, opts = self.setup, self.opts
         dirs = directions(opts, idx, ti, s.dim, s.x0_t.dtype, s.x0_t.device)
         result = jacobian_spectra(s.model, points, t, opts.target, s.path.method, s.step, dirs,
-                                  s.batch_size, s.path)
-        return {"singular_values": result.singular_values[:, : s.k],
-                "sym_eigenvalues": result.sym_eigenvalues[:, : s.k], "asymmetry": result.asymmetry}
+                                  s.batch_size, s.path, opts.save_vectors)
+        values = {"singular_values": result.singular_values[:, : s.k],
+                  "sym_eigenvalues": result.sym_eigenvalues[:, : s.k], "asymmetry": result.asymmetry}
+        if opts.save_vectors:
+            values.update(right_vectors=result.right_vectors, left_vectors=result.left_vectors)
+        return values
 
     def written(self, todo: np.ndarray) -> None:
         """The rows `todo` of the last values were written."""
@@ -90,8 +94,14 @@ class TopK:
         res = topk_at(s.model, points, t, self.opts.target, s.k, self.tol, s.batch_size,
                       block_size=s.block, start=start, path=s.path, max_basis=s.max_basis)
         self.warm, self.converged = res.right_vectors, res.converged
-        return {"singular_values": res.singular_values, "residuals": res.residuals,
-                "jvp_products": res.n_jvp.astype(np.float64), "vjp_products": res.n_vjp.astype(np.float64)}
+        values = {"singular_values": res.singular_values, "residuals": res.residuals,
+                  "jvp_products": res.n_jvp.astype(np.float64), "vjp_products": res.n_vjp.astype(np.float64)}
+        kept = self.opts.save_vectors
+        if kept:
+            right, left = sign_fixed(res.right_vectors[:, :, :kept].transpose(1, 2),
+                                     res.left_vectors[:, :, :kept].transpose(1, 2))
+            values.update(right_vectors=right.cpu().numpy(), left_vectors=left.cpu().numpy())
+        return values
 
     def written(self, todo: np.ndarray) -> None:
         """Count the unconverged Jacobians among the rows written (a replayed time counts once)."""

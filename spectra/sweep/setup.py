@@ -25,6 +25,7 @@ from spectra.jacobian.methods import (
     AutodiffPath,
     evaluate_checked,
     method_operator,
+    output_shape,
     probe_path,
 )
 from spectra.jacobian.safety import CONTEXTS
@@ -63,10 +64,17 @@ class Setup:
     #: top-k: vectors per block and the basis columns kept before a thick restart
     block: int | None = None
     max_basis: int | None = None
+    #: F, the size of the target's value per sample (D but for a feature)
+    out_dim: int | None = None
 
     @property
     def dim(self) -> int:
         return math.prod(self.x0.shape[1:])
+
+    @property
+    def rank(self) -> int:
+        """min(F, D): the singular values a Jacobian has."""
+        return min(self.dim, self.out_dim or self.dim)
 
 
 def content(opts: EstimateOptions, given: ScoreModel | None = None
@@ -125,13 +133,22 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
     fingerprints = {**fingerprints, "probe": norms}
     step = parse_step(opts.step)
     probe = (x0_t[0] * float(alpha[0]), float(times[0]))
+    out_shape = output_shape(model, probe[0][None], probe[1], opts.target)
+    out_dim = dim if out_shape is None else math.prod(out_shape)
+    if device.type == "cpu" and out_dim != dim:
+        require_memory((itemsize + 8 * SPECTRA_COPIES) * dim * out_dim,
+                       f"a dense Jacobian of the feature {opts.feature} ({out_dim} x {dim})")
+    rank = min(dim, out_dim)
+    if opts.save_vectors > rank:
+        raise SpectraError(f"--save-vectors {opts.save_vectors} exceeds the {rank} singular values of "
+                           "each Jacobian")
     if old_attrs is not None:
         path = recorded_path(old_attrs)
     elif opts.method == "auto" and not opts.compile:  # --compile asks for compiled forward mode
         path = fastest_path(model, *probe, opts.target)
     else:
         path = probe_path(model, *probe, opts.target, opts.method, compile=opts.compile)
-    k = min(opts.k or dim, dim)
+    k = min(opts.k or rank, rank)
     if chosen is None and device.type == "cpu" and path.method in DENSE_METHODS:
         guess = dim * itemsize * max(1, model.activation_factor)
         batch_size, path.timings["chunk"] = fastest_chunk(
@@ -152,7 +169,7 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
     if path.method == "topk":
         block, max_basis = topk_shape(model, probe, opts.target, path, k, len(x0), batch_size, old_attrs)
     return Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32,
-                 fingerprints, output_dtype, block, max_basis)
+                 fingerprints, output_dtype, block, max_basis, out_dim)
 
 
 def topk_shape(model: ScoreModel, probe: tuple[torch.Tensor, float], target: str, path: AutodiffPath,
