@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 from spectra_cli.angles import angles_cmd
 from spectra_cli.options import SEED, float_list, shape_option
+from spectra_cli.represent import represent_cmd
 from spectra_cli.study import crossover_cmd, dataset_cmd, memorization_cmd, sample_cmd
 
 from spectra.errors import SpectraError, first_line, os_error
@@ -301,7 +302,8 @@ def plot_cmd(run: str, out: str | None, resolution: float, fmt: str, dpi: int) -
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-for _command in (sample_cmd, memorization_cmd, crossover_cmd, dataset_cmd, angles_cmd):
+for _command in (sample_cmd, memorization_cmd, crossover_cmd, dataset_cmd, angles_cmd,
+                 represent_cmd):
     cli.add_command(_command)
 
 

@@ -159,7 +159,12 @@ class GaussianMixture(ScoreModel):
         return second - np.outer(mean, mean)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi, z ~ N(0, I)."""
+        """x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi, z ~ N(0, I): sample_labeled's samples."""
+        return self.sample_labeled(n, rng)[0]
+
+    def sample_labeled(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(x0 (n, *shape), labels (n,) int64): x0 = mu_k + V_k (sqrt(e_k) * z), k ~ pi,
+        z ~ N(0, I), labelled by its component k."""
         comp = rng.choice(len(self.weights), size=n, p=self.weights)
         z = rng.standard_normal((n, self.eigenvalues.shape[1]))
         scaled = torch.from_numpy(np.sqrt(self.eigenvalues[comp]) * z)
@@ -169,7 +174,7 @@ class GaussianMixture(ScoreModel):
         for k in np.unique(comp):
             rows = torch.from_numpy(comp == k)
             x[rows] += scaled[rows] @ torch.from_numpy(self.bases[k]).T
-        return x.numpy().reshape((n, *self.shape))
+        return x.numpy().reshape((n, *self.shape)), comp.astype(np.int64)
 
 
 # --- constructors ---------------------------------------------------------------------------
