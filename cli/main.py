@@ -194,14 +194,19 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvou
 @click.option("--schedule", type=click.Choice(["ve", "vp", "ddpm"]), default=None,
               help="Noise schedule [default: the data spec's, else ve].")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--network", type=click.Choice(["auto", "mlp", "unet"]), default="auto", show_default=True,
-              help="Residual MLP or small U-Net (auto: the U-Net for samples of shape (C, H, W) or (H, W)).")
+@click.option("--network", type=click.Choice(["auto", "mlp", "unet", "mixture"]), default="auto",
+              show_default=True,
+              help="Residual MLP, small U-Net (auto: the U-Net for samples of shape (C, H, W) or (H, W)), "
+              "or the posterior mean of a learned low-rank Gaussian mixture (Li et al.'s tractable "
+              "denoiser).")
 @click.option("--width", type=int, default=None,
-              help="Hidden width [default: 128 for the MLP, 32 for the U-Net].")
+              help="Hidden width [default: 128 for the MLP, 32 for the U-Net]; for the mixture, each "
+              "component's rank [default: 16].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto",
               show_default=True, help="Training precision (auto: float32 for the U-Net, float64 for "
               "the MLP); checkpoints are analysed in float64.")
-@click.option("--depth", type=int, default=2, show_default=True, help="Residual blocks.")
+@click.option("--depth", type=int, default=2, show_default=True,
+              help="Residual blocks; for the mixture, its components.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--ema", type=float, default=0.999, show_default=True, help="EMA decay.")
@@ -215,8 +220,8 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvou
               help="Final checkpoint with the EMA weights only (for shipping; cannot be resumed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(out: str, resume: bool, overwrite: bool, slim: bool, quiet: bool, **options) -> None:
-    """Train a small score network (MLP or U-Net) on an analytic spec or an array of real samples into
-    a self-describing checkpoint."""
+    """Train a small score network (MLP, U-Net or low-rank mixture) on an analytic spec or an array
+    of real samples into a self-describing checkpoint."""
     from spectra.checkpoint import read_checkpoint
     from spectra.train import TrainOptions, train
 

@@ -3,7 +3,8 @@
 The data is an analytic spec (.toml: fresh samples each step, or `--n-train` points drawn once) or
 an array of samples (.npy/.npz/.h5, FILE:KEY; all of its rows, or the first `--n-train`), trained
 on exactly those points. The network and its input scaling are spectra.models.trained's: the small
-U-Net for image-shaped samples ((C, H, W) or (H, W)), the residual MLP otherwise (`--network`).
+U-Net for image-shaped samples ((C, H, W) or (H, W)), the residual MLP otherwise, or on request the
+learned low-rank mixture of spectra.models.lowrank (`--network`).
 The noise level enters through
 sin(omega_k c_noise), cos(omega_k c_noise) with omega_k = k pi / 4, k = 1..16: the slowest period,
 8 in c_noise, spans sigma / alpha from e^-16 to e^16, so no two noise levels of a schedule alias
@@ -59,7 +60,7 @@ from spectra.spec_toml import read_toml
 
 _LOG_EVERY = 50
 #: --network choices: the class each names, auto picking by the sample shape
-NETWORK_CHOICES = {"mlp": "ResidualMLP", "unet": "SmallUNet"}
+NETWORK_CHOICES = {"mlp": "ResidualMLP", "unet": "SmallUNet", "mixture": "LowRankMixture"}
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _validate(opts: TrainOptions) -> None:
     if opts.n_train is not None and opts.n_train < 1:
         raise SpectraError(f"--n-train must be at least 1, got {opts.n_train}")
     if opts.network not in ("auto", *NETWORK_CHOICES):
-        raise SpectraError(f"--network must be auto, mlp or unet, got {opts.network!r}")
+        raise SpectraError(f"--network must be auto, mlp, unet or mixture, got {opts.network!r}")
     if opts.dtype not in ("auto", "float32", "float64"):
         raise SpectraError(f"--dtype must be auto, float32 or float64, got {opts.dtype!r}")
     if (opts.width is not None and opts.width < 1) or opts.depth < 0 or opts.batch_size < 1:
@@ -109,10 +110,13 @@ def _validate(opts: TrainOptions) -> None:
 
 def _network(opts: TrainOptions, shape: tuple[int, ...]) -> dict[str, Any]:
     """The config's network table: the class (--network; auto: the U-Net for samples of shape
-    (C, H, W) or (H, W), the MLP otherwise) and its width (--width, or the class's default)."""
+    (C, H, W) or (H, W), the MLP otherwise; mixture: LowRankMixture) and its width (--width, or
+    the class's default) and depth (the MLP's blocks, the mixture's components)."""
     name = NETWORK_CHOICES.get(opts.network) or ("SmallUNet" if len(shape) in (2, 3) else "ResidualMLP")
     if name == "SmallUNet" and len(shape) not in (2, 3):
         raise SpectraError(f"--network unet needs image-shaped samples (C, H, W) or (H, W), not {shape}")
+    if name == "LowRankMixture" and opts.depth < 1:
+        raise SpectraError("--network mixture needs --depth >= 1 components")
     return {"class": name, "width": opts.width or DEFAULT_WIDTH[name], "depth": opts.depth}
 
 
@@ -220,6 +224,8 @@ def build_config(opts: TrainOptions, out: Path
         "data_variance": float(np.mean(np.var(reference, axis=0))) or 1.0,
         "network": network,
     }
+    if network["class"] == "LowRankMixture":  # its input scaling is part of its form
+        network["variance"] = config["data_variance"]
     return config, data, points
 
 

@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from spectra.models.base import ScoreModel
+from spectra.models.lowrank import LowRankMixture
 from spectra.models.network import NetworkScoreModel
 from spectra.models.unet import SmallUNet
 from spectra.schedules import Schedule
 
 #: the networks spectra train builds, by the name a checkpoint records
-NETWORKS = ("ResidualMLP", "SmallUNet")
+NETWORKS = ("ResidualMLP", "SmallUNet", "LowRankMixture")
 #: the hidden width of each when --width is not given
-DEFAULT_WIDTH = {"ResidualMLP": 128, "SmallUNet": 32}
+DEFAULT_WIDTH = {"ResidualMLP": 128, "SmallUNet": 32, "LowRankMixture": 16}
 
 
 class ResidualMLP(torch.nn.Module):
@@ -123,6 +124,9 @@ def build_network(network: dict[str, Any], shape: tuple[int, ...]) -> torch.nn.M
         raise ValueError(f"unknown network {name!r}")
     if name == "SmallUNet":
         return SmallUNet(shape, int(network["width"]))
+    if name == "LowRankMixture":
+        return LowRankMixture(math.prod(shape), int(network["depth"]), int(network["width"]),
+                              float(network["variance"]))
     return ResidualMLP(math.prod(shape), int(network["width"]), int(network["depth"]))
 
 
@@ -130,4 +134,6 @@ def count_parameters(network: dict[str, Any], shape: tuple[int, ...]) -> int:
     """The parameters of build_network(network, shape), counted on the meta device (nothing is
     allocated, so a hostile or mistaken width is measured before it is built)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in build_network(network, shape).parameters())
+        # the mixture's input scaling sets no size: counted before the data's variance is known
+        sized = {"variance": 1.0, **network}
+        return sum(p.numel() for p in build_network(sized, shape).parameters())
