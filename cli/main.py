@@ -164,6 +164,9 @@ def estimate_cmd(out: str, resume: bool, overwrite: bool, quiet: bool, rendezvou
 
         snapshots = snapshot_paths(opts.model)
         if snapshots is not None:
+            if feature is not None:
+                raise SpectraError("--feature does not apply to snapshots: their summary counts the "
+                                   "directions of the score's Jacobian")
             if overwrite:
                 raise SpectraError("--overwrite does not apply to snapshots: existing runs in --out are "
                                    "resumed; remove the folder to start again")

@@ -291,12 +291,20 @@ class TrajectoryWriter:
         self.file["done"][rows, t_index] = True
         self.file.flush()
 
-    def reopen_nonfinite(self) -> int:
-        """Clear `done` where the singular values it certifies are not all finite (a damaged
-        file); returns how many (anchor, time) pairs are to be computed again."""
-        done = self.done
+    def nonfinite(self) -> np.ndarray:
+        """(N, T): the pairs marked done whose singular values (or saved vectors) are not all
+        finite (a damaged file)."""
         finite = np.isfinite(self.file["singular_values"][()]).all(axis=-1)
-        bad = done & ~finite
+        for name in VECTOR_DATASETS:
+            if name in self.file:
+                finite &= np.isfinite(self.file[name][()]).all(axis=(-2, -1))
+        return self.done & ~finite
+
+    def reopen_nonfinite(self) -> int:
+        """Clear `done` where the values it certifies are not all finite (nonfinite); returns how
+        many (anchor, time) pairs are to be computed again."""
+        done = self.done
+        bad = self.nonfinite()
         if bad.any():
             self.file["done"][...] = done & ~bad
             self.file.attrs["complete"] = False

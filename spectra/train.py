@@ -146,7 +146,9 @@ def _check_sizes(opts: TrainOptions, network: dict[str, Any], shape: tuple[int, 
     w, dim = network["width"], math.prod(shape)
     require_memory(5 * 8 * count_parameters(network, shape),
                    f"a network of --width {w} and --depth {opts.depth} at D = {dim}")
-    per_sample = w * (2 * opts.depth + 4) + 4 * dim if network["class"] == "ResidualMLP" else 16 * w * dim
+    per_sample = {"ResidualMLP": w * (2 * opts.depth + 4) + 4 * dim,
+                  # per component: its residual, projection, Woodbury solve and Cholesky factor
+                  "LowRankMixture": 8 * opts.depth * (dim + w + w * w)}.get(network["class"], 16 * w * dim)
     require_memory(4 * 8 * opts.batch_size * per_sample, f"--batch-size {opts.batch_size} at --width {w}")
     if opts.n_train is not None:
         require_memory(8 * opts.n_train * dim, f"--n-train {opts.n_train} points of D = {dim}")

@@ -374,3 +374,92 @@ def test_damaged_vectors_are_refused(feature_run, tmp_path, damage):
         if damage == "other V":
             f.create_dataset("left_vectors", data=left[:, :, :2])
     assert_one_line_error(invoke("angles", bad, "--out", tmp_path / "a", "--reference", "pca"), "damaged")
+
+
+# --- hostile features (review of issue 19) -----------------------------------------------------
+HOSTILE_FACTORY = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.inp = torch.nn.Linear(4, 6)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.twice = torch.nn.Tanh()
+        self.arg = Argmax()
+        self.out = torch.nn.Linear(6, 4)
+
+    def forward(self, x, t):
+        h = self.act(self.inp(x))  # overwrites inp's output in place
+        h = self.twice(self.twice(h))
+        self.arg(h)
+        return self.out(h)
+
+
+class Argmax(torch.nn.Module):
+    def forward(self, h):
+        return h.argmax(dim=1, keepdim=True)
+
+
+def make():
+    return Net()
+'''
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    code = tmp_path_factory.mktemp("hostile") / "hostile.py"
+    code.write_text(HOSTILE_FACTORY)
+    return code
+
+
+def hostile_args(code, out, *args):
+    return ("estimate", "--model", f"{code}:make", "--schedule", "ve", "--parameterization", "eps",
+            "--data", "noise", "--shape", "4", "--n-samples", 1, "--times", "0.5", "--out", out,
+            "--quiet", *args)
+
+
+@pytest.mark.parametrize("method", ["jvp", "vjp", "fd-central"])
+def test_a_feature_overwritten_in_place_later_is_still_its_own(hostile, tmp_path, method):
+    """inp's output is overwritten by ReLU(inplace=True): the hook's copy keeps dh/dx = W, whose
+    singular values are those of inp.weight (not of relu(inp))."""
+    res = invoke(*hostile_args(hostile, tmp_path / "r.h5", "--feature", "inp", "--method", method))
+    assert res.exit_code == 0, res.output
+    spec = importlib.util.spec_from_file_location("hostile_reference", hostile)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    exact = np.linalg.svd(mod.make().inp.weight.detach().double().numpy(), compute_uv=False)
+    values = spectra.load(tmp_path / "r.h5")["singular_values"][0, 0]
+    assert rel_err(values, exact) < (1e-6 if method == "fd-central" else 1e-10)
+
+
+@pytest.mark.parametrize("name, words", [("twice", "ran 2 times"), ("arg", "dtype int64")])
+def test_features_that_cannot_be_differentiated_as_named_are_refused(hostile, tmp_path, name, words):
+    res = invoke(*hostile_args(hostile, tmp_path / "r.h5", "--feature", name))
+    assert_one_line_error(res, f"--feature '{name}'", words)
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_a_square_feature_has_no_symmetric_part(hostile, tmp_path):
+    """out: F = D = 4, but input and feature spaces differ: sym_eigenvalues and asymmetry NaN."""
+    res = invoke(*hostile_args(hostile, tmp_path / "r.h5", "--feature", "out"))
+    assert res.exit_code == 0, res.output
+    traj = spectra.load(tmp_path / "r.h5")
+    assert np.all(np.isfinite(traj["singular_values"]))
+    assert np.all(np.isnan(traj["sym_eigenvalues"])) and np.all(np.isnan(traj["asymmetry"]))
+
+
+def test_non_finite_vectors_are_damaged_and_resume_recomputes_them(feature_run, tmp_path):
+    bad = tmp_path / "bad.h5"
+    shutil.copy(feature_run, bad)
+    with h5py.File(bad, "r+") as f:
+        f["right_vectors"][0, 0, 0, 0] = np.nan
+    assert_one_line_error(invoke("angles", bad, "--out", tmp_path / "a", "--reference", "pca"),
+                          "damaged", "non-finite singular vectors")
+    res = invoke("estimate", "--out", bad, "--resume", "--feature", "blocks.0.1", "--n-samples", 2,
+                 "--times", ",".join(map(str, TIMES)), "--save-vectors", 4, "--quiet")
+    assert res.exit_code == 0, res.output
+    with h5py.File(bad) as f, h5py.File(feature_run) as g:
+        np.testing.assert_allclose(f["right_vectors"][()], g["right_vectors"][()], atol=1e-12)

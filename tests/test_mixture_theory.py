@@ -10,6 +10,7 @@ are written from tau.
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import scipy.linalg
@@ -21,6 +22,7 @@ import spectra
 from spectra.models import load_model, molrg
 from spectra.models.analytic import GaussianMixture
 from spectra.schedules import Schedule
+from spectra.studies import mixtures, phases
 from spectra.theory.mixture import MixtureTheory
 
 DELTA = 0.2
@@ -253,3 +255,102 @@ def test_isotropic_mixture_has_no_class_gap(tmp_path):
         assert row["mixture"]["class_gap_index"] is None
         assert "class_gap_measured" not in row["mixture"]
         assert row["predicted_phase"] in PHASES + [None] and row["predicted_phase"] != "class commitment"
+
+
+# --- review of issue 19: signs, nulls, means, options ----------------------------------------------
+SMALL = """kind = "gmm"
+preset = "molrg"
+ambient_dim = 12
+n_classes = 3
+subspace_dim = 2
+delta = 0.2
+seed = 0
+[schedule]
+name = "ve"
+"""
+
+
+def test_score_and_denoiser_runs_of_a_mixture_give_one_signed_spectrum(tmp_path):
+    """At noisy points sigma^2 J_score has positive eigenvalues; compare-theory reads them with
+    their signs (from sym_eigenvalues), so a score run and a denoiser run of the same points give
+    the same normalized spectra, measured and predicted, and the measured ones equal
+    alpha eig(J_x0) - 1 of the independent Hessian."""
+    spec = tmp_path / "small.toml"
+    spec.write_text(SMALL)
+    times = "0.3,0.4"
+    spectra_of = {}
+    for target in ("score", "denoiser"):
+        run = tmp_path / f"{target}.h5"
+        ok("estimate", "--model", spec, "--out", run, "--target", target, "--method", "jvp", "--at", "noisy",
+           "--n-samples", 4, "--times", times, "--quiet")
+        ok("compare-theory", run, "--out", tmp_path / f"ct-{target}")
+        with h5py.File(run) as f:
+            spectra_of[target] = f["theory/anchor_eigenvalues"][()]
+        metrics = json.loads((tmp_path / f"ct-{target}" / "metrics.json").read_text())
+        assert max(row["spectrum_distance"] for row in metrics["times"]) < 1e-10
+    np.testing.assert_allclose(spectra_of["score"], spectra_of["denoiser"], atol=1e-12)
+    assert spectra_of["score"].max() > 0.01  # the case the singular values' mapping got wrong
+    model = load_model(str(spec))
+    traj = spectra.load(tmp_path / "score.h5")
+    points = mixtures.run_points(traj)
+    for ti in range(len(traj["t"])):
+        alpha, sigma = float(traj["alpha"][ti]), float(traj["sigma"][ti])
+        for n in range(4):
+            jac = reference(model, points[n, ti][None], alpha, sigma)[0][0]
+            exact = np.sort(np.linalg.eigvalsh(alpha * jac) - 1)[::-1]
+            np.testing.assert_allclose(spectra_of["score"][n, ti], exact, atol=1e-10)
+
+
+def test_unmeasured_values_are_null_in_valid_json(tmp_path):
+    """A score run keeping K < D values has no measured class gap: null, never NaN."""
+    spec = tmp_path / "small.toml"
+    spec.write_text(SMALL)
+    run = tmp_path / "k.h5"
+    ok("estimate", "--model", spec, "--out", run, "--k", 3, "--n-samples", 2, "--n-times", 3, "--quiet")
+    with pytest.warns(UserWarning, match="no signed eigenvalues"):
+        phases.compare(run, tmp_path / "ct")
+    text = (tmp_path / "ct" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert all(row["mixture"]["class_gap_measured"] is None for row in metrics["times"])
+
+
+MEANS = """kind = "gmm"
+ambient_dim = 3
+seed = 0
+[schedule]
+name = "ve"
+[[components]]
+mean = [0.0, 0.0, 10.0]
+variances = [1.0]
+basis = [[1.0], [0.0], [0.0]]
+[[components]]
+mean = [0.0, 0.0, 0.0]
+variances = [1.0]
+basis = [[0.0], [0.0], [1.0]]
+"""
+
+
+def test_own_class_is_the_nearest_affine_class_subspace(tmp_path):
+    """Component 0 lives on 10 e3 + span(e1), component 1 on span(e3): a component-0 anchor holds
+    most of its energy along e3, yet its class is 0, where its top vector e1 lies (angle 0)."""
+    spec = tmp_path / "means.toml"
+    spec.write_text(MEANS)
+    run = tmp_path / "m.h5"
+    ok("estimate", "--model", spec, "--out", run, "--target", "denoiser", "--method", "jvp",
+       "--n-samples", 6, "--times", "0.05", "--save-vectors", 1, "--quiet")
+    ok("angles", run, "--out", tmp_path / "a")
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    x0 = spectra.load(run)["x0"]
+    expected = np.where(np.abs(x0[:, 2] - 10) < np.abs(x0[:, 2]) + 1e-9, 0, 1)
+    assert sorted(set(expected)) == [0, 1]
+    assert metrics["own_reference"] == expected.tolist()
+    assert max(row[0] for row in metrics["largest_angle_per_anchor"]) < 1e-6
+
+
+def test_angles_refuse_pca_options_for_other_references(molrg_spec, tmp_path):
+    run = tmp_path / "r.h5"
+    ok("estimate", "--model", molrg_spec, "--out", run, "--target", "denoiser", "--method", "jvp",
+       "--n-samples", 1, "--times", "0.3", "--save-vectors", 5, "--quiet")
+    res = invoke("angles", run, "--out", tmp_path / "a", "--rank", 3)
+    assert res.exit_code == 2 and "--reference pca only" in res.output
+    assert not (tmp_path / "a").exists()

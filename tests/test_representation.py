@@ -240,7 +240,8 @@ _FEW = ["--n-samples", 60, "--sigmas", "0.5,1"]
     (["--sigma-min", 2, "--sigma-max", 1], "--sigma-min"),
     (["--feature", "blocks.0", *_FEW], "not a network"),
     (["--test-fraction", 1.5, *_FEW], "--test-fraction"),
-    (["--rank", 50, *_FEW], "feature dimension"),
+    (["--rank", 50, "--n-samples", 400, "--sigmas", "0.5,1"], "feature dimension"),
+    (["--rank", 15, *_FEW], "at most --rank 15"),  # 14 training samples of a class: an infinite SNR
 ])
 def test_bad_input_is_one_line(arrays, tmp_path, args, words):
     args = [arrays / a if str(a).endswith(".npz") else a for a in args]

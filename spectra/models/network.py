@@ -154,7 +154,10 @@ class NetworkScoreModel(ScoreModel):
     def feature(self, x: torch.Tensor, t: float, name: str) -> torch.Tensor:
         """The output of submodule `name` (its first tensor when it returns a tuple), caught by a
         forward hook while the module predicts at x, t; refused unless it is a (B, ...) tensor.
-        The hook runs inside torch.func's transforms, so JVPs and VJPs of the feature are exact."""
+        The hook keeps a copy (a later in-place op, such as ReLU(inplace=True), would otherwise
+        change what it caught) and runs inside torch.func's transforms, so JVPs and VJPs of the
+        feature are exact. A submodule that runs more than once per prediction is refused: which
+        call is meant would be a guess."""
         try:
             sub = self.module.get_submodule(name)
         except AttributeError:
@@ -165,20 +168,25 @@ class NetworkScoreModel(ScoreModel):
         caught: list[Any] = []
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            caught.append(output[0] if isinstance(output, (tuple, list)) and output else output)
+            value = output[0] if isinstance(output, (tuple, list)) and output else output
+            caught.append(value.clone() if isinstance(value, torch.Tensor) else value)
 
         handle = sub.register_forward_hook(hook)
         try:
             self.predict(x, t)
         finally:
             handle.remove()
-        if not caught:
-            raise SpectraError(f"--feature {name!r}: the submodule did not run when the model predicted")
-        value = caught[-1]
+        if len(caught) != 1:
+            raise SpectraError(f"--feature {name!r}: the submodule ran {len(caught)} times when the model "
+                               "predicted; name one that runs once")
+        value = caught[0]
         if not isinstance(value, torch.Tensor) or value.ndim < 1 or value.shape[0] != x.shape[0]:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise SpectraError(f"--feature {name!r} returned {got}, not a tensor with the batch of "
                                f"{x.shape[0]} samples first")
+        if not value.is_floating_point():
+            raise SpectraError(f"--feature {name!r} is of dtype {str(value.dtype).removeprefix('torch.')}; "
+                               "a Jacobian needs a real floating-point feature")
         return value
 
     def predict(self, x: torch.Tensor, t: float) -> torch.Tensor:

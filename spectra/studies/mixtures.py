@@ -23,13 +23,10 @@ import numpy as np
 
 from spectra import analysis, store
 from spectra.errors import SpectraError
-from spectra.sweep.inputs import SEED_NOISE, rng
 from spectra.theory.mixture import CONFIDENT, MixtureTheory
 
 #: the mixture presets whose tables name no file (a run's recorded table is rebuilt from them)
 SELF_CONTAINED = ("molrg", "isotropic", None)
-#: the phase labels of a mixture, in generation order
-PHASES = ("trivial", "manifold coverage", "class commitment", "consolidation")
 
 
 def recorded_mixture(table: dict[str, Any], where: str) -> MixtureTheory:
@@ -57,6 +54,8 @@ def run_points(traj: store.Trajectory) -> np.ndarray:
     flat = x0.reshape(n, 1, dim)
     points = traj["alpha"][None, :, None] * flat
     if traj.attrs.get("at") == "noisy":
+        from spectra.sweep.inputs import SEED_NOISE, rng  # the run's own keyed draws (imports torch)
+
         seed = int(traj.attrs["seed"])
         eps = np.stack([np.stack([rng(seed, SEED_NOISE, a, ti).standard_normal(x0.shape[1:]).ravel()
                                   for ti in range(len(traj["t"]))]) for a in range(n)])
@@ -77,12 +76,34 @@ class MixturePrediction:
     component: np.ndarray
 
 
-def predict(theory: MixtureTheory, traj: store.Trajectory) -> MixturePrediction:
-    """The exact prediction at the run's points (run_points)."""
+def signed_spectrum(traj: store.Trajectory) -> np.ndarray | None:
+    """The run's normalized spectra (N, T, D) with their signs, from the eigenvalues of the
+    Jacobians' symmetric parts (`sym_eigenvalues`, which dense runs keep): sigma^2 lambda (score),
+    -sigma lambda (eps), alpha lambda - 1 (denoiser), sorted descending, NaN where not done; None
+    when the run lacks them (top-k, or K < D). A mixture's sigma^2 J_score can have positive
+    eigenvalues, which the singular values' mapping (analysis.normalized_spectrum) turns negative."""
+    done = traj["done"].astype(bool)
+    sym = np.array(traj["sym_eigenvalues"], dtype=np.float64)
+    dim = math.prod(traj["x0"].shape[1:])
+    if sym.shape[-1] != dim or not np.all(np.isfinite(sym[done])):
+        return None
+    alpha, sigma = traj["alpha"][None, :, None], traj["sigma"][None, :, None]
+    target = traj.attrs["target"]
+    mu = sigma**2 * sym if target == "score" else -sigma * sym if target == "eps" else alpha * sym - 1
+    mu = -np.sort(-mu, axis=-1)
+    mu[~done] = np.nan
+    return mu
+
+
+def predict(theory: MixtureTheory, traj: store.Trajectory, signed: bool) -> MixturePrediction:
+    """The exact prediction at the run's points (run_points): normalized eigenvalues with their
+    signs (`signed`, to compare with signed_spectrum), else mapped from the singular values as the
+    run's own are (analysis.normalized_spectrum)."""
     points = run_points(traj)
     alpha, sigma, target = traj["alpha"], traj["sigma"], traj.attrs["target"]
     sv = theory.singular_values(points, alpha, sigma, target)
-    per_anchor = analysis.normalized_spectrum(sv, target, alpha, sigma, theory.ambient_dim)
+    per_anchor = (theory.normalized_eigenvalues(points, alpha, sigma) if signed
+                  else analysis.normalized_spectrum(sv, target, alpha, sigma, theory.ambient_dim))
     post = np.stack([theory.posterior(points[:, i], float(a), float(s))
                      for i, (a, s) in enumerate(zip(alpha, sigma, strict=True))], axis=1)
     return MixturePrediction(per_anchor, analysis.median_spectrum(per_anchor), np.median(sv, axis=0),
@@ -113,16 +134,20 @@ def per_time(theory: MixtureTheory, pred: MixturePrediction, mu: np.ndarray, med
         if d is not None:
             k = int(np.bincount(pred.component[:, ti]).argmax())
             levels = theory.confident_levels([t], k)[0]
-            have = done[:, ti].any()
             row.update({
-                "class_gap_predicted": float(pred.median[ti, d - 1] - pred.median[ti, d]),
-                "class_gap_confident": float(levels[d - 1] - levels[d]),
-                "class_gap_measured": float(median[ti, d - 1] - median[ti, d]) if have else None,
-                "levels_confident": [float(1 + levels[0]), float(1 + levels[d])],
-                "levels_measured": [float(1 + median[ti, 0]), float(1 + median[ti, d])] if have else None,
+                "class_gap_predicted": _finite(pred.median[ti, d - 1] - pred.median[ti, d]),
+                "class_gap_confident": _finite(levels[d - 1] - levels[d]),
+                "class_gap_measured": _finite(median[ti, d - 1] - median[ti, d]),
+                "levels_confident": [_finite(1 + levels[0]), _finite(1 + levels[d])],
+                "levels_measured": [_finite(1 + median[ti, 0]), _finite(1 + median[ti, d])],
             })
         rows.append(row)
     return rows
+
+
+def _finite(value: float) -> float | None:
+    """A JSON number, or None (null) where the value was not measured (NaN)."""
+    return float(value) if np.isfinite(value) else None
 
 
 def phases(tau: np.ndarray, median: np.ndarray, delta: float, d: int | None) -> dict[str, Any]:
@@ -136,11 +161,11 @@ def phases(tau: np.ndarray, median: np.ndarray, delta: float, d: int | None) -> 
 
 def phase_labels(tau: np.ndarray, median: np.ndarray, delta: float, manifold_index: int | None,
                  d: int | None) -> list[str | None]:
-    """The mixture phase (PHASES) at each time of a median spectrum (T, D) on the grid tau (T,):
-    `class commitment` where the gap at index d is visible; a visible manifold gap is
-    `consolidation` once the class gap has shown at a larger tau (in generation order), and
-    `manifold coverage` before (the union of the classes' subspaces emerging); else the linear
-    labels (analysis.phase_labels)."""
+    """The mixture phase at each time of a median spectrum (T, D) on the grid tau (T,): trivial,
+    manifold coverage, class commitment or consolidation. `class commitment` where the gap at
+    index d is visible; a visible manifold gap is `consolidation` once the class gap has shown at
+    a larger tau (in generation order), and `manifold coverage` before (the union of the classes'
+    subspaces emerging); else the linear labels (analysis.phase_labels)."""
     labels = analysis.phase_labels(median, delta, manifold_index)
     if d is None:
         return labels

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,16 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
     grid = density_grid()
     mixture_rows = None
     if isinstance(theory, MixtureTheory):
-        pred = mixtures.predict(theory, traj)
+        signed = mixtures.signed_spectrum(traj)
+        if signed is not None:
+            mu = signed
+            median = analysis.median_spectrum(mu)
+        else:
+            warnings.warn(f"{run} keeps no signed eigenvalues (top-k, or --k below D): its mixture "
+                          "spectra are compared through their singular values, which lose the sign of "
+                          "positive normalized eigenvalues, and top-k can miss copies of repeated values",
+                          stacklevel=2)
+        pred = mixtures.predict(theory, traj, signed is not None)
         d = mixtures.class_index(theory)
         predicted, per_anchor_predicted = pred.median, pred.per_anchor
         phases = {"predicted": mixtures.phases(tau, predicted, delta, d),

@@ -247,6 +247,11 @@ def study(model_spec: str | None, out_dir: str | Path, data: str | None = None,
     seeds = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
     labeled = labeled_data(model, data, n_samples, seeds[0])
     train, test = split(labeled.labels, test_fraction, seeds[1])
+    classes, counts = np.unique(labeled.labels[train], return_counts=True)
+    if counts.min() <= rank:
+        raise SpectraError(f"class {classes[counts.argmin()]} has {counts.min()} training samples, at most "
+                           f"--rank {rank}: its subspace would hold them all (an infinite SNR); give more "
+                           "samples or a smaller --rank")
     out = output_folder(Path(out_dir), (METRICS, *names), "representation")
     eps = seeds[2].standard_normal(labeled.x.shape)
     rows = measure_levels(model, labeled, sigma, t, eps, train, test, feature, rank, ensemble)
@@ -352,7 +357,9 @@ def _snr_figure(path: Path, metrics: dict, dpi: int) -> Path:
         ax.plot(sigma, _column(metrics, "snr_theorem1"), "--", color="tab:red",
                 label="Theorem 1 at the measured $w_+$")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()])
+    if np.any(np.isfinite(values) & (values > 0)):  # a log axis needs a positive value to show
+        ax.set_yscale("log")
     ax.set_xlabel(r"noise level $\sigma = \sqrt{\tau}$")
     ax.set_ylabel("SNR (Li et al., Definition 1)")
     ax.set_title(f"representation SNR across noise levels ({metrics['model'] or 'model'})", fontsize=9)

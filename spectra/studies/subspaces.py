@@ -13,8 +13,9 @@ Jacobian's subspace lies inside B (k <= r). References:
 * `pca`: the top-r principal components of the data (the run's anchors, or --data samples);
 * a .npy file: a basis (D, r), or several (B, D, r); columns need not be orthonormal.
 
-Each anchor's own reference is the one that holds the largest share of the anchor's energy (for
-MoLRG, its class); the summary reports per time the median over anchors of the largest angle to
+Each anchor's own reference is the one whose affine subspace (through its class's mean, the
+samples' mean, or 0 for a given basis) lies nearest the anchor (a mixture point's own class); the
+summary reports per time the median over anchors of the largest angle to
 it, and to each reference.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,9 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return scipy.linalg.subspace_angles(a, b)
 
 
-def class_subspaces(traj: store.Trajectory) -> tuple[list[np.ndarray], list[str]]:
-    """The class subspaces (D, r_k) of the run's recorded mixture (module docstring) and names."""
+def class_subspaces(traj: store.Trajectory) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The class subspaces (D, r_k) of the run's recorded mixture (module docstring), their
+    components' means (D,) and names."""
     from spectra.studies.mixtures import recorded_mixture
     from spectra.studies.phases import recorded_config
 
@@ -58,7 +61,7 @@ def class_subspaces(traj: store.Trajectory) -> tuple[list[np.ndarray], list[str]
         e = theory.eigenvalues[k]
         top = e >= e.max() * (1 - 1e-9) if theory.class_rank(k) is not None else e > 0
         bases.append(theory.bases[k][:, top])
-    return bases, [f"class {k}" for k in range(theory.n_components)]
+    return bases, list(theory.means), [f"class {k}" for k in range(theory.n_components)]
 
 
 def pca_subspace(samples: np.ndarray, rank: int) -> np.ndarray:
@@ -74,31 +77,36 @@ def pca_subspace(samples: np.ndarray, rank: int) -> np.ndarray:
 
 
 def references(traj: store.Trajectory, reference: str, rank: int | None, data: str | None
-               ) -> tuple[list[np.ndarray], list[str]]:
-    """The reference subspaces, each (D, r), and their names."""
+               ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The reference subspaces, each (D, r), the points they pass through (D,) (a class's mean,
+    the samples' mean, or 0 for a given basis), and their names."""
     dim = math.prod(traj["x0"].shape[1:])
+    if reference != "pca" and (rank is not None or data is not None):
+        raise SpectraError("--rank and --data apply to --reference pca only")
     if reference == "classes":
-        bases, names = class_subspaces(traj)
-    elif reference == "pca":
+        return class_subspaces(traj)
+    if reference == "pca":
         samples = load_array(data) if data is not None else traj["x0"]
         if math.prod(samples.shape[1:]) != dim:
             raise SpectraError(f"--data {data}: samples of {math.prod(samples.shape[1:])} values, the "
                                f"run's have {dim}")
-        bases, names = [pca_subspace(samples, rank or 1)], [f"PCA top {rank or 1}"]
+        centre = samples.reshape(len(samples), -1).mean(0)
+        bases, centres, names = [pca_subspace(samples, rank or 1)], [centre], [f"PCA top {rank or 1}"]
     else:
         path = Path(reference)
         if path.suffix != ".npy":
             raise SpectraError(f"--reference must be classes, pca or a .npy basis, got {reference!r}")
-        basis = load_array(str(path))
-        basis = basis[None] if basis.ndim == 2 else basis
+        given = load_array(str(path))
+        basis = given[None] if given.ndim == 2 else given
         if basis.ndim != 3 or basis.shape[1] != dim or basis.shape[2] < 1:
             raise SpectraError(f"{path}: a basis must be (D, r) or (B, D, r) with D = {dim}, "
-                               f"got {basis.shape}")
+                               f"got {given.shape}")
         bases, names = list(basis), [f"{path.name}[{i}]" for i in range(len(basis))]
+        centres = [np.zeros(dim)] * len(bases)
     for b, name in zip(bases, names, strict=True):
         if not np.all(np.isfinite(b)) or np.linalg.matrix_rank(b) < b.shape[1]:
             raise SpectraError(f"reference {name}: its columns are not finite and independent")
-    return bases, names
+    return bases, centres, names
 
 
 def angles_of(vectors: np.ndarray, done: np.ndarray, bases: list[np.ndarray], k: int) -> np.ndarray:
@@ -114,13 +122,16 @@ def angles_of(vectors: np.ndarray, done: np.ndarray, bases: list[np.ndarray], k:
     return out
 
 
-def own_references(x0: np.ndarray, bases: list[np.ndarray]) -> np.ndarray:
-    """Each anchor's own reference (N,): the one that holds the largest share of the anchor's
-    energy, ||Q_b^T x0||^2 for an orthonormal basis Q_b of reference b (a MoLRG point's own class);
-    a property of the data, not of the Jacobian."""
+def own_references(x0: np.ndarray, bases: list[np.ndarray], centres: list[np.ndarray]) -> np.ndarray:
+    """Each anchor's own reference (N,): the one whose affine subspace c_b + span(B_b) lies
+    nearest the anchor, ||(I - Q_b Q_b^T)(x0 - c_b)|| for an orthonormal basis Q_b (a mixture
+    point's own class); a property of the data, not of the Jacobian."""
     flat = x0.reshape(len(x0), -1)
-    shares = np.stack([np.sum((flat @ scipy.linalg.orth(b)) ** 2, axis=1) for b in bases], axis=1)
-    return np.argmax(shares, axis=1)
+    residuals = []
+    for b, c in zip(bases, centres, strict=True):
+        q, z = scipy.linalg.orth(b), flat - c
+        residuals.append(np.linalg.norm(z - (z @ q) @ q.T, axis=1))
+    return np.argmin(np.stack(residuals, axis=1), axis=1)
 
 
 def study(run: str | Path, out_dir: str | Path, reference: str = "classes", k: int | None = None,
@@ -133,15 +144,22 @@ def study(run: str | Path, out_dir: str | Path, reference: str = "classes", k: i
     if "right_vectors" not in traj:
         raise SpectraError(f"{run} holds no singular vectors: run spectra estimate with --save-vectors V")
     vectors, done = traj["right_vectors"], traj["done"].astype(bool)
+    if not np.all(np.isfinite(vectors[done])):
+        raise SpectraError(f"{run} is a damaged run file (non-finite singular vectors marked done; "
+                           "spectra estimate --resume computes them again)")
+    if traj.attrs.get("method_used") == "topk":
+        warnings.warn(f"{run} ran top-k, which can miss copies of a repeated singular value (exact "
+                      "mixtures repeat theirs): the subspaces may be wrong where values repeat; a dense "
+                      "method finds every copy", stacklevel=2)
     kept = vectors.shape[2]
-    bases, ref_names = references(traj, reference, rank, data)
+    bases, centres, ref_names = references(traj, reference, rank, data)
     if k is None:  # the classes' rank (d for MoLRG), else every vector kept
         k = min(kept, min(b.shape[1] for b in bases)) if reference == "classes" else kept
     if not 1 <= k <= kept:
         raise SpectraError(f"--k {k}: the run keeps {kept} singular vectors per Jacobian")
     out = output_folder(Path(out_dir), (METRICS, f"{FIGURES[0]}.{fmt}"), "angles")
     largest = angles_of(vectors, done, bases, k)  # (N, T, B)
-    own = own_references(traj["x0"], bases)
+    own = own_references(traj["x0"], bases, centres)
     to_own = largest[np.arange(len(own)), :, own]  # (N, T)
     metrics = {
         "format": METRICS_FORMAT, "kind": "angles", "run": str(run), "reference": reference,

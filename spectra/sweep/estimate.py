@@ -70,13 +70,19 @@ def estimate(
     return out
 
 
+def damaged(out: Path) -> bool:
+    """Whether a run holds values marked done that are not finite (resumed: computed again)."""
+    with store.TrajectoryWriter(out) as writer:
+        return bool(writer.nonfinite().any())
+
+
 def _estimate_locked(out: Path, opts: EstimateOptions, resume: bool, overwrite: bool, progress: bool,
                      command: str, sweep: distributed.Sweep, model: ScoreModel | None) -> None:
     exists = out.exists()
     if exists and not (resume or overwrite):
         raise SpectraError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
     old_attrs = check_resumable(out, opts) if exists and resume else None
-    if old_attrs is not None and old_attrs.get("complete"):
+    if old_attrs is not None and old_attrs.get("complete") and not damaged(out):
         _, times, x0, fingerprints = content(opts, model)
         check_content(out, old_attrs, fingerprints, x0, times)
         return

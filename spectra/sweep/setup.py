@@ -71,11 +71,6 @@ class Setup:
     def dim(self) -> int:
         return math.prod(self.x0.shape[1:])
 
-    @property
-    def rank(self) -> int:
-        """min(F, D): the singular values a Jacobian has."""
-        return min(self.dim, self.out_dim or self.dim)
-
 
 def content(opts: EstimateOptions, given: ScoreModel | None = None
             ) -> tuple[ScoreModel, np.ndarray, np.ndarray, dict[str, Any]]:

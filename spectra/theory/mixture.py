@@ -173,13 +173,3 @@ class MixtureTheory:
         """Normalized eigenvalues (T, D), descending, inside component k where the posterior is
         confident: -tau/(e + tau) for C_k's eigenvalues e, -1 on the rest (theory.md 3.6)."""
         return self.component_theory(k).eigenvalues(tau)
-
-    def class_gap(self, tau: ArrayLike, k: int) -> np.ndarray | None:
-        """The predicted class gap (T,) of component k in the confident regime: the spacing of
-        the normalized values at its index class_rank(k), e.g. zeta - xi for MoLRG; None when
-        the component has no class gap."""
-        d = self.class_rank(k)
-        if d is None:
-            return None
-        levels = self.confident_levels(tau, k)
-        return levels[:, d - 1] - levels[:, d]
