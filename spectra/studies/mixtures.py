@@ -15,6 +15,7 @@ closed again as xi -> 1 for tau << delta^2).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,45 @@ def phase_labels(tau: np.ndarray, median: np.ndarray, delta: float, manifold_ind
         elif labels[i] == "consolidation" and not committed:
             labels[i] = "manifold coverage"
     return labels
+
+
+@dataclass
+class Held:
+    """A mixture run held against its theory (hold): the measured spectra mu (N, T, D) and their
+    median (T, D) (signed where the run allows), the predicted median and per-anchor spectra, the
+    phases {predicted, measured}, the labels (predicted, measured), the per-time `mixture` rows
+    and the arrays of the run's theory/ group."""
+
+    mu: np.ndarray
+    median: np.ndarray
+    predicted: np.ndarray
+    per_anchor: np.ndarray
+    phases: dict[str, Any]
+    labels: tuple[list[str | None], list[str | None]]
+    rows: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray]
+
+
+def hold(theory: MixtureTheory, traj: store.Trajectory, mu: np.ndarray, median: np.ndarray,
+         delta: float) -> Held:
+    """compare-theory's mixture part (module docstring): the signed spectra where the run keeps
+    them (signed_spectrum; else mu and its median as given, with a warning), the exact prediction
+    at the run's points, the phases and labels of both, and the per-time metrics."""
+    signed = signed_spectrum(traj)
+    if signed is not None:
+        mu, median = signed, analysis.median_spectrum(signed)
+    else:
+        warnings.warn(f"{traj.path} keeps no signed eigenvalues (top-k, or --k below D): its mixture "
+                      "spectra are compared through their singular values, which lose the sign of "
+                      "positive normalized eigenvalues, and top-k can miss copies of repeated values",
+                      stacklevel=3)
+    tau, done = traj["tau"], traj["done"].astype(bool)
+    pred = predict(theory, traj, signed is not None)
+    d = class_index(theory)
+    found = {"predicted": phases(tau, pred.median, delta, d), "measured": phases(tau, median, delta, d)}
+    labels = (phase_labels(tau, pred.median, delta, found["predicted"]["manifold_gap_index"], d),
+              phase_labels(tau, median, delta, found["measured"]["manifold_gap_index"], d))
+    arrays = {"tau": tau, "eigenvalues": pred.median, "singular_values": pred.singular_values,
+              "anchor_eigenvalues": pred.per_anchor, "confidence": pred.confidence}
+    return Held(mu, median, pred.median, pred.per_anchor, found, labels,
+                per_time(theory, pred, mu, median, tau, done), arrays)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,26 +162,10 @@ def compare(run: str | Path, out_dir: str | Path | None = None, manifold: str | 
     grid = density_grid()
     mixture_rows = None
     if isinstance(theory, MixtureTheory):
-        signed = mixtures.signed_spectrum(traj)
-        if signed is not None:
-            mu = signed
-            median = analysis.median_spectrum(mu)
-        else:
-            warnings.warn(f"{run} keeps no signed eigenvalues (top-k, or --k below D): its mixture "
-                          "spectra are compared through their singular values, which lose the sign of "
-                          "positive normalized eigenvalues, and top-k can miss copies of repeated values",
-                          stacklevel=2)
-        pred = mixtures.predict(theory, traj, signed is not None)
-        d = mixtures.class_index(theory)
-        predicted, per_anchor_predicted = pred.median, pred.per_anchor
-        phases = {"predicted": mixtures.phases(tau, predicted, delta, d),
-                  "measured": mixtures.phases(tau, median, delta, d)}
-        predicted_labels, measured_labels = (
-            mixtures.phase_labels(tau, spectrum, delta, phases[which]["manifold_gap_index"], d)
-            for spectrum, which in ((predicted, "predicted"), (median, "measured")))
-        mixture_rows = mixtures.per_time(theory, pred, mu, median, tau, done)
-        arrays = {"tau": tau, "eigenvalues": predicted, "singular_values": pred.singular_values,
-                  "anchor_eigenvalues": per_anchor_predicted, "confidence": pred.confidence}
+        held = mixtures.hold(theory, traj, mu, median, delta)
+        mu, median, predicted, per_anchor_predicted = held.mu, held.median, held.predicted, held.per_anchor
+        phases, mixture_rows, arrays = held.phases, held.rows, held.arrays
+        predicted_labels, measured_labels = held.labels
     else:
         predicted = per_anchor_predicted = theory.eigenvalues(tau)
         phases = {"predicted": theory.phases(delta), "measured": analysis.measured_phases(tau, median, delta)}
