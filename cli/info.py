@@ -50,6 +50,7 @@ def summary(path: str) -> dict[str, Any]:
         "first_time_sv_range": _range(first),
         "last_time_sv_range": _range(last),
         "theory": any(name.startswith("theory/") for name in run.arrays),
+        "vectors": int(run["right_vectors"].shape[2]) if "right_vectors" in run else 0,
         **_topk_summary(run),
     }
 
@@ -126,7 +127,9 @@ def describe(info: dict[str, Any]) -> str:
         f"  grid        {info['n_anchors']} anchors of shape {shape} x {info['n_times']} times, "
         f"t in [{info['t_range'][0]:g}, {info['t_range'][1]:g}], "
         f"tau in [{info['tau_range'][0]:.3g}, {info['tau_range'][1]:.3g}]",
-        f"  values      K = {info['k']} per Jacobian; {info['seconds_total']:.2f} s in all",
+        f"  values      K = {info['k']} per Jacobian"
+        + (f", with the top {info['vectors']} singular vector pairs" if info["vectors"] else "")
+        + f"; {info['seconds_total']:.2f} s in all",
     ]
     for label, key in (("smallest t", "first_time_sv_range"), ("largest t", "last_time_sv_range")):
         rng = info[key]

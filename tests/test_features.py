@@ -463,3 +463,9 @@ def test_non_finite_vectors_are_damaged_and_resume_recomputes_them(feature_run, 
     assert res.exit_code == 0, res.output
     with h5py.File(bad) as f, h5py.File(feature_run) as g:
         np.testing.assert_allclose(f["right_vectors"][()], g["right_vectors"][()], atol=1e-12)
+
+
+def test_info_tells_the_vectors_kept(feature_run):
+    res = invoke("info", feature_run)
+    assert res.exit_code == 0 and "with the top 4 singular vector pairs" in res.output
+    assert json.loads(invoke("info", feature_run, "--json").output)["vectors"] == 4
