@@ -103,6 +103,9 @@ def cli() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True)
 @click.option("--k", type=int, default=None,
               help="Values kept per Jacobian [default: all D; 16 for --method topk].")
+@click.option("--block-size", type=int, default=None,
+              help="Top-k: vectors per block [default: measured]; at least a singular value's "
+              "multiplicity to find every copy of it (exact mixtures repeat theirs).")
 @click.option("--tol", type=float, default=1e-6, show_default=True,
               help="Top-k: relative residual at which a singular value counts as converged.")
 @click.option("--at", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,

@@ -210,7 +210,8 @@ def hold(theory: MixtureTheory, traj: store.Trajectory, mu: np.ndarray, median: 
     else:
         warnings.warn(f"{traj.path} keeps no signed eigenvalues (top-k, or --k below D): its mixture "
                       "spectra are compared through their singular values, which lose the sign of "
-                      "positive normalized eigenvalues, and top-k can miss copies of repeated values",
+                      "positive normalized eigenvalues, and top-k with a block below a value's "
+                      "multiplicity can miss copies of it (--block-size)",
                       stacklevel=3)
     tau, done = traj["tau"], traj["done"].astype(bool)
     pred = predict(theory, traj, signed is not None)

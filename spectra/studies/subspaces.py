@@ -147,16 +147,18 @@ def study(run: str | Path, out_dir: str | Path, reference: str = "classes", k: i
     if not np.all(np.isfinite(vectors[done])):
         raise SpectraError(f"{run} is a damaged run file (non-finite singular vectors marked done; "
                            "spectra estimate --resume computes them again)")
-    if traj.attrs.get("method_used") == "topk":
-        warnings.warn(f"{run} ran top-k, which can miss copies of a repeated singular value (exact "
-                      "mixtures repeat theirs): the subspaces may be wrong where values repeat; a dense "
-                      "method finds every copy", stacklevel=2)
     kept = vectors.shape[2]
     bases, centres, ref_names = references(traj, reference, rank, data)
     if k is None:  # the classes' rank (d for MoLRG), else every vector kept
         k = min(kept, min(b.shape[1] for b in bases)) if reference == "classes" else kept
     if not 1 <= k <= kept:
         raise SpectraError(f"--k {k}: the run keeps {kept} singular vectors per Jacobian")
+    block = traj.attrs.get("block_size") or 1
+    if traj.attrs.get("method_used") == "topk" and block < k:
+        warnings.warn(f"{run} ran top-k with blocks of {block} < k = {k}: it can miss copies of a value "
+                      "repeated more than that (exact mixtures repeat theirs), and the subspaces with "
+                      "them; --block-size at least the multiplicity, or a dense method, finds every copy",
+                      stacklevel=2)
     out = output_folder(Path(out_dir), (METRICS, f"{FIGURES[0]}.{fmt}"), "angles")
     largest = angles_of(vectors, done, bases, k)  # (N, T, B)
     own = own_references(traj["x0"], bases, centres)

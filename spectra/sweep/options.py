@@ -14,7 +14,8 @@ DEFAULT_N_SAMPLES = 8
 DEFAULT_N_TIMES = 20
 DEFAULT_TOPK = 16
 #: options added after the first run files, with the value that those files ran with
-LATER_OPTIONS = {"compile": False, "spacing": "t", "allow_pickle": False, "save_vectors": 0}
+LATER_OPTIONS = {"compile": False, "spacing": "t", "allow_pickle": False, "save_vectors": 0,
+                 "block_size": None}
 #: options a resume compares by the content they lead to (the model's fingerprint, the anchors,
 #: the time grid), not by spelling; the chunk size changes no value at all, nor does
 #: --allow-pickle (the model's fingerprint says whether it is the same model)
@@ -60,6 +61,9 @@ class EstimateOptions:
     allow_pickle: bool = False
     #: the top singular vector pairs kept per Jacobian (right_vectors, left_vectors; 0: none)
     save_vectors: int = 0
+    #: top-k's block size (None: measured); a block at least a value's multiplicity finds every
+    #: copy of it
+    block_size: int | None = None
 
     @property
     def feature(self) -> str | None:
@@ -119,6 +123,9 @@ def validate(opts: EstimateOptions) -> None:
         check_feature(opts)
     if opts.save_vectors < 0:
         raise SpectraError(f"--save-vectors must be non-negative, got {opts.save_vectors}")
+    if opts.block_size is not None and (opts.method != "topk" or not 1 <= opts.block_size <= opts.k):
+        raise SpectraError(f"--block-size applies to --method topk, between 1 and --k ({opts.k}); got "
+                           f"{opts.block_size}")
     if opts.k is not None and opts.save_vectors > opts.k:
         raise SpectraError(f"--save-vectors {opts.save_vectors} exceeds --k {opts.k}: a run keeps the "
                            "vectors of the values it keeps")

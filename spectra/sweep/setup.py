@@ -162,22 +162,28 @@ def setup_run(opts: EstimateOptions, old_attrs: dict[str, Any] | None, sweep: di
         batch_size = default_batch_size(model, dim, dtype, device, pair_bytes=measured)
     block = max_basis = None
     if path.method == "topk":
-        block, max_basis = topk_shape(model, probe, opts.target, path, k, len(x0), batch_size, old_attrs)
+        block, max_basis = topk_shape(model, probe, opts.target, path, k, len(x0), batch_size, old_attrs,
+                                      opts.block_size)
     return Setup(model, times, alpha, sigma, x0, x0_t, k, batch_size, step, path, tf32,
                  fingerprints, output_dtype, block, max_basis, out_dim)
 
 
 def topk_shape(model: ScoreModel, probe: tuple[torch.Tensor, float], target: str, path: AutodiffPath,
-               k: int, n_points: int, batch_size: int, old_attrs: dict[str, Any] | None) -> tuple[int, int]:
-    """Top-k's block size (measured: tuning.fastest_block, its timings in path.timings["block"];
-    on resume the recorded one) and the basis columns kept before a thick restart: all D when the
-    chunk's bases fit a quarter of the free memory (then the basis can span R^D and the values
-    are exact within 2 D products), else what fits (recorded too: a restart changes rounding)."""
+               k: int, n_points: int, batch_size: int, old_attrs: dict[str, Any] | None,
+               chosen: int | None = None) -> tuple[int, int]:
+    """Top-k's block size (`chosen`, --block-size; else measured: tuning.fastest_block, its
+    timings in path.timings["block"]; on resume the recorded one) and the basis columns kept
+    before a thick restart: all D when the chunk's bases fit a quarter of the free memory (then
+    the basis can span R^D and the values are exact within 2 D products), else what fits
+    (recorded too: a restart changes rounding)."""
     point, t = probe
     dim = point.numel()
     if old_attrs is not None and old_attrs.get("block_size"):
         return recorded_topk_shape(old_attrs, dim)
-    block, path.timings["block"] = fastest_block(model, point, t, target, path, k, n_points, batch_size)
+    if chosen is not None:
+        block = min(chosen, dim)
+    else:
+        block, path.timings["block"] = fastest_block(model, point, t, target, path, k, n_points, batch_size)
     anchors = max(1, min(n_points, batch_size // block))
     column = KRYLOV_COPIES * dim * point.element_size() * anchors
     return block, int(min(dim, max(k + 2 * block, free_bytes(point.device) // 4 // column)))
