@@ -24,7 +24,7 @@ import numpy as np
 
 from spectra import analysis, store
 from spectra.errors import SpectraError
-from spectra.theory.mixture import CONFIDENT, MixtureTheory
+from spectra.theory.mixture import CONFIDENT, MixtureTheory, target_singular_values
 
 #: the mixture presets whose tables name no file (a run's recorded table is rebuilt from them)
 SELF_CONTAINED = ("molrg", "isotropic", None)
@@ -102,9 +102,9 @@ def predict(theory: MixtureTheory, traj: store.Trajectory, signed: bool) -> Mixt
     run's own are (analysis.normalized_spectrum)."""
     points = run_points(traj)
     alpha, sigma, target = traj["alpha"], traj["sigma"], traj.attrs["target"]
-    sv = theory.singular_values(points, alpha, sigma, target)
-    per_anchor = (theory.normalized_eigenvalues(points, alpha, sigma) if signed
-                  else analysis.normalized_spectrum(sv, target, alpha, sigma, theory.ambient_dim))
+    lam = theory.normalized_eigenvalues(points, alpha, sigma)
+    sv = target_singular_values(lam, alpha, sigma, target)
+    per_anchor = lam if signed else analysis.normalized_spectrum(sv, target, alpha, sigma, theory.ambient_dim)
     post = np.stack([theory.posterior(points[:, i], float(a), float(s))
                      for i, (a, s) in enumerate(zip(alpha, sigma, strict=True))], axis=1)
     return MixturePrediction(per_anchor, analysis.median_spectrum(per_anchor), np.median(sv, axis=0),
@@ -117,8 +117,8 @@ def class_index(theory: MixtureTheory) -> int | None:
     return ranks.pop() if len(ranks) == 1 else None
 
 
-def per_time(theory: MixtureTheory, pred: MixturePrediction, mu: np.ndarray, median: np.ndarray,
-             tau: np.ndarray, done: np.ndarray) -> list[dict[str, Any]]:
+def per_time(theory: MixtureTheory, pred: MixturePrediction, median: np.ndarray, tau: np.ndarray
+             ) -> list[dict[str, Any]]:
     """Each time's mixture metrics: the posterior's median confidence and the fraction of anchors
     where it is confident (>= CONFIDENT); the class gap at index d, predicted exactly (median over
     anchors), in the confident regime (zeta - xi for MoLRG) and measured (the median spectrum's);
@@ -213,7 +213,7 @@ def hold(theory: MixtureTheory, traj: store.Trajectory, mu: np.ndarray, median: 
                       "positive normalized eigenvalues, and top-k with a block below a value's "
                       "multiplicity can miss copies of it (--block-size)",
                       stacklevel=3)
-    tau, done = traj["tau"], traj["done"].astype(bool)
+    tau = traj["tau"]
     pred = predict(theory, traj, signed is not None)
     d = class_index(theory)
     found = {"predicted": phases(tau, pred.median, delta, d), "measured": phases(tau, median, delta, d)}
@@ -222,4 +222,4 @@ def hold(theory: MixtureTheory, traj: store.Trajectory, mu: np.ndarray, median: 
     arrays = {"tau": tau, "eigenvalues": pred.median, "singular_values": pred.singular_values,
               "anchor_eigenvalues": pred.per_anchor, "confidence": pred.confidence}
     return Held(mu, median, pred.median, pred.per_anchor, found, labels,
-                per_time(theory, pred, mu, median, tau, done), arrays)
+                per_time(theory, pred, median, tau), arrays)

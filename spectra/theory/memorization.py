@@ -24,17 +24,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from spectra.schedules import Schedule
-
-
-def _positive(value: ArrayLike, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
-        raise ValueError(f"{name} must be finite and positive")
-    return arr
+from spectra.theory.checks import positive
 
 
 def _alpha_sigma(alpha: ArrayLike, sigma: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    a, s = _positive(alpha, "alpha"), _positive(sigma, "sigma")
+    a, s = positive(alpha, "alpha"), positive(sigma, "sigma")
     if a.shape != s.shape:
         raise ValueError(f"alpha and sigma must have the same shape (got {a.shape} and {s.shape})")
     return a, s
@@ -52,7 +46,7 @@ def generalizing_excess_loss(alpha: ArrayLike, sigma: ArrayLike, variance: float
     isotropic-GMM denoiser over the memorizing one ([B]; theory.md 3.7). alpha, sigma: the
     schedule at the grid times, one shape, which the result has; variance s*^2 and dim d > 0."""
     p = psi(alpha, sigma)
-    v, d = float(_positive(variance, "variance")), float(_positive(dim, "dim"))
+    v, d = float(positive(variance, "variance")), float(positive(dim, "dim"))
     return d * v / (p * v + 1.0)
 
 
@@ -64,8 +58,8 @@ def memorizing_excess_loss(fraction: ArrayLike, variance: float = 1.0, dim: floa
     f = np.asarray(fraction, dtype=np.float64)
     if f.size == 0 or not np.all((f >= 0) & (f <= 1)):
         raise ValueError("fraction M/N must lie in [0, 1]")
-    c = _positive(C, "C")
-    v, d = float(_positive(variance, "variance")), float(_positive(dim, "dim"))
+    c = positive(C, "C")
+    v, d = float(positive(variance, "variance")), float(positive(dim, "dim"))
     return c * (1.0 - f) * d * v
 
 
@@ -81,8 +75,8 @@ def critical_fraction(alpha: ArrayLike, sigma: ArrayLike, variance: float = 1.0,
     a, s = _alpha_sigma(alpha, sigma)
     if a.ndim != 1:
         raise ValueError(f"alpha and sigma must be 1-D time grids (got shape {a.shape})")
-    v = float(_positive(variance, "variance"))
-    c = _positive(C, "C")
+    v = float(positive(variance, "variance"))
+    c = positive(C, "C")
     if weights is None:
         lam = np.ones_like(a)
     else:

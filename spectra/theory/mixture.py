@@ -152,24 +152,31 @@ class MixtureTheory:
 
     def singular_values(self, points: ArrayLike, alpha: ArrayLike, sigma: ArrayLike, target: str
                         ) -> np.ndarray:
-        """Singular values (N, T, D), descending, of the target's Jacobian at points (N, T, D):
-        the magnitudes of its eigenvalues, J_x0's (lambda + 1)/alpha, J_score's lambda/sigma^2,
-        J_eps's -lambda/sigma, lambda the normalized eigenvalues (all three are symmetric)."""
+        """Singular values (N, T, D), descending, of the target's Jacobian at points (N, T, D)
+        (target_singular_values of the normalized eigenvalues)."""
         lam = self.normalized_eigenvalues(points, alpha, sigma)
-        alpha = np.asarray(alpha, dtype=np.float64)[None, :, None]
-        sigma = np.asarray(sigma, dtype=np.float64)[None, :, None]
-        if target == "denoiser":
-            values = (lam + 1) / alpha
-        elif target == "score":
-            values = lam / sigma**2
-        elif target == "eps":
-            values = -lam / sigma
-        else:
-            raise ValueError(f"unknown target {target!r}")
-        return -np.sort(-np.abs(values), axis=-1)
+        return target_singular_values(lam, alpha, sigma, target)
 
     # --- the confident regime --------------------------------------------------------------
     def confident_levels(self, tau: ArrayLike, k: int) -> np.ndarray:
         """Normalized eigenvalues (T, D), descending, inside component k where the posterior is
         confident: -tau/(e + tau) for C_k's eigenvalues e, -1 on the rest (theory.md 3.6)."""
         return self.component_theory(k).eigenvalues(tau)
+
+
+def target_singular_values(lam: np.ndarray, alpha: ArrayLike, sigma: ArrayLike, target: str) -> np.ndarray:
+    """Singular values (N, T, D), descending, of the target's Jacobian whose normalized
+    eigenvalues are lam (N, T, D) at schedule values alpha, sigma (T,): the magnitudes of its
+    eigenvalues, J_x0's (lambda + 1)/alpha, J_score's lambda/sigma^2, J_eps's -lambda/sigma (all
+    three are symmetric)."""
+    alpha = np.asarray(alpha, dtype=np.float64)[None, :, None]
+    sigma = np.asarray(sigma, dtype=np.float64)[None, :, None]
+    if target == "denoiser":
+        values = (lam + 1) / alpha
+    elif target == "score":
+        values = lam / sigma**2
+    elif target == "eps":
+        values = -lam / sigma
+    else:
+        raise ValueError(f"unknown target {target!r}")
+    return -np.sort(-np.abs(values), axis=-1)

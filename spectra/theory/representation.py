@@ -27,17 +27,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from spectra.theory.checks import positive
+
 #: residual energy, relative to the signal, below which a class lies in its subspace (rounding)
 _ROUNDING = 1e-12
 #: the relative fall from the maximum, on each side, that makes a curve unimodal (curve_shape)
 MARGIN = 0.05
-
-
-def _positive(value: ArrayLike, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
-        raise ValueError(f"{name} must be finite and positive")
-    return arr
 
 
 def _features(features: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +98,7 @@ def molrg_posterior(y: ArrayLike, bases: list[np.ndarray], delta: float, sigma: 
     """(N, K) exact posterior class weights of MoLRG data at VE noise sigma: softmax over l of
     (zeta - xi)/(2 sigma^2) ||U_l^T y||^2 for y (N, D) = x0 + sigma eps, `bases` the K class
     subspaces U_l (D, d) (zero means, equal weights, covariances U_l U_l^T + delta^2 Ut_l Ut_l^T)."""
-    sigma, delta = _positive(sigma, "sigma"), _positive(delta, "delta")
+    sigma, delta = positive(sigma, "sigma"), positive(delta, "delta")
     y = np.asarray(y, dtype=np.float64)
     zeta, xi = 1 / (1 + sigma**2), delta**2 / (delta**2 + sigma**2)
     energy = np.stack([np.sum((y @ u) ** 2, axis=1) for u in bases], axis=1)
@@ -116,8 +111,8 @@ def molrg_posterior(y: ArrayLike, bases: list[np.ndarray], delta: float, sigma: 
 def theorem1_snr(sigma: ArrayLike, delta: float, n_classes: int, w_plus: ArrayLike) -> np.ndarray:
     """Theorem 1 of [L] (module docstring): the SNR of the MoLRG optimal denoiser at VE noise sigma
     with weight w+ on the true class and (1 - w+)/(K-1) on each other; sigma and w+ broadcast."""
-    s2 = _positive(sigma, "sigma") ** 2
-    delta = _positive(delta, "delta")
+    s2 = positive(sigma, "sigma") ** 2
+    delta = positive(delta, "delta")
     if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2:
         raise ValueError(f"n_classes must be an integer >= 2 (got {n_classes!r})")
     w_plus = np.asarray(w_plus, dtype=np.float64)
