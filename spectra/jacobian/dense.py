@@ -63,9 +63,11 @@ def sign_fixed(right: torch.Tensor, left: torch.Tensor) -> tuple[torch.Tensor, t
     return right * sign, left * sign
 
 
-def dense_spectra(jac: torch.Tensor, n_vectors: int = 0) -> DenseSpectra:
+def dense_spectra(jac: torch.Tensor, n_vectors: int = 0, same_space: bool = True) -> DenseSpectra:
     """Spectra of jac (N, F, D), computed in float64, with the top `n_vectors` singular vector
-    pairs when n_vectors > 0."""
+    pairs when n_vectors > 0. A Jacobian has a symmetric part only when it is square and maps a
+    space into itself (`same_space`: not a feature's, whose F values live elsewhere even when
+    F = D)."""
     j = jac.detach().to(torch.float64)
     n, f, d = j.shape
     right = left = None
@@ -75,7 +77,7 @@ def dense_spectra(jac: torch.Tensor, n_vectors: int = 0) -> DenseSpectra:
         right, left = r.cpu().numpy(), l_.cpu().numpy()
     else:
         sv = torch.linalg.svdvals(j)
-    if f != d:
+    if f != d or not same_space:
         nan = np.full((n, min(f, d)), np.nan)
         return DenseSpectra(sv.cpu().numpy(), nan, np.full(n, np.nan), right, left)
     sym = torch.linalg.eigvalsh((j + j.transpose(1, 2)) / 2).flip(-1)

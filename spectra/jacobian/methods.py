@@ -316,7 +316,7 @@ def jacobian_spectra(
     jac = jacobian_at(model, points, t, target, method, step, directions, batch_size, path)
     if not torch.all(torch.isfinite(jac)):
         raise SpectraError(f"Jacobian has NaN or infinite entries at t={t:g} (method {method})")
-    return dense_spectra(jac, n_vectors)
+    return dense_spectra(jac, n_vectors, same_space=not target.startswith(FEATURE_PREFIX))
 
 
 def spectra_at(

@@ -51,9 +51,6 @@ class Dense:
                                   s.batch_size, s.path, opts.save_vectors)
         values = {"singular_values": result.singular_values[:, : s.k],
                   "sym_eigenvalues": result.sym_eigenvalues[:, : s.k], "asymmetry": result.asymmetry}
-        if opts.feature is not None:  # input and feature spaces differ: no symmetric part
-            values["sym_eigenvalues"] = np.full_like(values["sym_eigenvalues"], np.nan)
-            values["asymmetry"] = np.full_like(values["asymmetry"], np.nan)
         if opts.save_vectors:
             values.update(right_vectors=result.right_vectors, left_vectors=result.left_vectors)
         return values
