@@ -20,6 +20,17 @@ def _float64_default():
     torch.set_default_dtype(old)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (used by those that run many small products): on a shared
+    2-core CPU, OpenMP threads spinning against another process made elementwise ops hundreds of
+    times slower (benchmarks/peers.py)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -60,13 +60,7 @@ def make():
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small products: one thread (on shared cores, more threads only wait on each other)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args):

@@ -24,12 +24,7 @@ name = "{schedule}"
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def molrg_as_network(model, variance: float) -> LowRankMixture:

@@ -60,14 +60,7 @@ def files(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU, OpenMP threads spinning against another process
-    made elementwise ops hundreds of times slower (benchmarks/peers.py)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def top_eigenvalues(x):

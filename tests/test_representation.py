@@ -10,7 +10,6 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from spectra_cli.main import SpectraGroup
 from spectra_cli.represent import represent_cmd
@@ -74,15 +73,11 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread and one BLAS thread: on a shared 2-core CPU, threads spinning against
-    another process made elementwise ops hundreds of times slower (benchmarks/peers.py), and the
-    probe's and SVDs' BLAS calls ten times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """One torch thread (conftest) and one BLAS thread: the probe's and SVDs' BLAS calls ran ten
+    times slower on a shared 2-core CPU with more."""
     with threadpool_limits(1):
         yield
-    torch.set_num_threads(old)
 
 
 # --- 1. the theory and the exact SNR ---------------------------------------------------------
