@@ -28,8 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from commands import Commands, trained  # noqa: E402
 
 import spectra  # noqa: E402
 from spectra.models import load_model  # noqa: E402
@@ -74,31 +73,12 @@ name = "{schedule}"
 """
 
 
-class Study:
+class Study(Commands):
     def __init__(self, work: Path, docs: Path, scale: float, n_times: int, reuse: bool = False) -> None:
-        self.work, self.docs, self.scale, self.n_times, self.reuse = work, docs, scale, n_times, reuse
+        super().__init__(work)
+        self.docs, self.scale, self.n_times, self.reuse = docs, scale, n_times, reuse
         self.figures = docs / "memorization"
-        self.commands: list[str] = []
-        self.seconds: dict[str, float] = {}
         self.started = time.perf_counter()
-
-    def command(self, *args: str | Path) -> list[str]:
-        """The arguments of one spectra command, listed (as `spectra ...`) for the page."""
-        quiet = [] if args[0] in ("crossover", "dataset") else ["--quiet"]
-        args = [str(a) for a in args] + quiet
-        self.commands.append("spectra " + " ".join(a.replace(str(self.work) + "/", "") for a in args))
-        return args
-
-    def execute(self, args: list[str], label: str, threads: int | None = None) -> str:
-        """Run one listed command, timed under `label`; returns its standard output."""
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        start = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "spectra_cli", *args], cwd=self.work,
-                             capture_output=True, text=True, env=env)
-        if res.returncode:
-            sys.exit(f"spectra {' '.join(args)} failed:\n{res.stderr}")
-        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
-        return res.stdout
 
     def steps(self) -> int:
         return max(SNAPSHOTS, int(STEPS * self.scale))
@@ -127,8 +107,7 @@ class Study:
                                 *(["--snapshot-every", every] if n == SNAPSHOT_N else []))
                 for n in self.ns}
         if self.reuse:  # checkpoints already at their step count are listed, not retrained
-            jobs = {n: job for n, job in jobs.items() if not (self.work / f"digits{n}.pt").exists()
-                    or int(torch.load(self.work / f"digits{n}.pt", weights_only=True)["step"]) != steps}
+            jobs = {n: job for n, job in jobs.items() if not trained(self.work / f"digits{n}.pt", steps)}
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda n: self.execute(jobs[n], f"train N = {n}", threads=1), jobs))
         rows = {}

@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,6 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from commands import Commands, trained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the noise levels of theory.md 3.8's independent check, and its SNR values there
@@ -65,30 +62,11 @@ MODELS = {"exact": "molrg.toml", "mixture": "mixture.pt", "mlp": "mlp.pt", "memo
 COLORS = {"exact": "black", "mixture": "tab:green", "mlp": "tab:blue", "memorizing": "tab:red"}
 
 
-class Study:
+class Study(Commands):
     def __init__(self, work: Path, docs: Path, scale: float, reuse: bool = False) -> None:
-        self.work, self.docs, self.scale, self.reuse = work, docs, scale, reuse
+        super().__init__(work)
+        self.docs, self.scale, self.reuse = docs, scale, reuse
         self.figures = docs / "representation"
-        self.commands: list[str] = []
-        self.seconds: dict[str, float] = {}
-
-    def command(self, *args: str | Path) -> list[str]:
-        """The arguments of one spectra command, listed (as `spectra ...`) for the page."""
-        quiet = ["--quiet"] if args[0] in ("train", "estimate", "memorization") else []
-        args = [str(a) for a in args] + quiet
-        self.commands.append("spectra " + " ".join(a.replace(str(self.work) + "/", "") for a in args))
-        return args
-
-    def execute(self, args: list[str], label: str, threads: int | None = None) -> str:
-        """Run one listed command, timed under `label`; returns its standard output."""
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        start = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "spectra_cli", *args], cwd=self.work,
-                             capture_output=True, text=True, env=env)
-        if res.returncode:
-            sys.exit(f"spectra {' '.join(args)} failed:\n{res.stderr}")
-        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
-        return res.stdout
 
     def count(self, n: int, least: int) -> int:
         return max(least, int(n * self.scale))
@@ -176,13 +154,6 @@ class Study:
                                   "mid", "--out", "represent-digits", "--n-sigmas", levels,
                                   "--sigma-min", 0.02, "--sigma-max", 20), "represent digits")
         return json.loads((self.work / "represent-digits" / "metrics.json").read_text())
-
-
-def trained(checkpoint: Path, steps: int) -> bool:
-    """Whether `checkpoint` exists at `steps` steps (read with weights_only)."""
-    import torch
-
-    return checkpoint.exists() and int(torch.load(checkpoint, weights_only=True)["step"]) == steps
 
 
 def column(metrics: dict, name: str) -> np.ndarray:
